@@ -1,0 +1,40 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Shoal",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "shoal", targets: ["shoal"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // SIMD kernels with per-function ISA attributes and a runtime CPUID choice:
+        // Swift cannot select an instruction set per function (see NOTES.md, CPU kernels).
+        .target(
+            name: "CShoalKernels",
+            cSettings: [.unsafeFlags(["-O3", "-ffp-contract=fast"])]
+        ),
+        // Storage, dtypes, safetensors, the compute pool and the kernels' Swift surface.
+        .target(name: "ShoalTensor", dependencies: ["CShoalKernels"]),
+        // SentencePiece BPE and the Mistral v1 chat format.
+        .target(name: "ShoalTokenizer"),
+        // Config, weight loading, the Mixtral forward pass, experts, sampler, generation.
+        .target(name: "ShoalModel", dependencies: ["ShoalTensor", "ShoalTokenizer"]),
+        // The subcommands, as a library so tests can drive them.
+        .target(
+            name: "ShoalCLI",
+            dependencies: [
+                "ShoalModel", "ShoalTensor", "ShoalTokenizer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "shoal", dependencies: ["ShoalCLI"]),
+        .testTarget(name: "ShoalTensorTests", dependencies: ["ShoalTensor"]),
+        .testTarget(name: "ShoalTokenizerTests", dependencies: ["ShoalTokenizer"]),
+        .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

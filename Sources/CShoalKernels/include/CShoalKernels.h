@@ -1,0 +1,77 @@
+// Shoal's CPU kernels: float32 arithmetic over f32 or bf16 weights, one implementation per
+// instruction set (AVX-512, AVX2+FMA, portable baseline) chosen once at run time by CPUID.
+// bf16 weights are widened inside the kernels (zero-extend, shift left 16); inputs and
+// outputs are always float32.
+#ifndef C_SHOAL_KERNELS_H
+#define C_SHOAL_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Instruction-set levels, lowest first.
+enum {
+    SHOAL_ISA_GENERIC = 0,
+    SHOAL_ISA_AVX2 = 1,
+    SHOAL_ISA_AVX512 = 2,
+};
+
+/// Rows a kernel call should start on a multiple of (relative to row 0) for full tiles.
+#define SHOAL_ROW_TILE 4
+
+/// Name of the instruction set in use: "avx512", "avx2" or "generic".
+const char *shoal_kernels_isa(void);
+
+/// Level of the instruction set in use (SHOAL_ISA_*).
+int shoal_kernels_isa_level(void);
+
+/// Highest level this CPU (and OS) supports.
+int shoal_kernels_best_isa(void);
+
+/// Uses `level` (clamped to what the CPU supports) from now on; returns the level chosen.
+/// For tests: switching while kernels run on other threads is safe but mixes levels.
+int shoal_kernels_force_isa(int level);
+
+/// y[r] = W[r,:] · x for r in [r0, r1); W is row-major [rows, cols] float32.
+void shoal_gemv_f32(const float *w, size_t cols, const float *x, float *y,
+                    size_t r0, size_t r1);
+
+/// y[r] = W[r,:] · x for r in [r0, r1); W is row-major [rows, cols] bfloat16 bits.
+void shoal_gemv_bf16(const uint16_t *w, size_t cols, const float *x, float *y,
+                     size_t r0, size_t r1);
+
+/// Y[t*ldy + r] = W[r,:] · X[t*ldx + 0..<cols] for r in [r0, r1), t in [0, n); W float32.
+void shoal_gemm_f32(const float *w, size_t cols, const float *x, size_t ldx, size_t n,
+                    float *y, size_t ldy, size_t r0, size_t r1);
+
+/// Y[t*ldy + r] = W[r,:] · X[t*ldx + 0..<cols] for r in [r0, r1), t in [0, n); W bfloat16.
+void shoal_gemm_bf16(const uint16_t *w, size_t cols, const float *x, size_t ldx, size_t n,
+                     float *y, size_t ldy, size_t r0, size_t r1);
+
+/// a · b over n floats.
+float shoal_dot_f32(const float *a, const float *b, size_t n);
+
+/// y += alpha * x over n floats.
+void shoal_axpy_f32(float *y, float alpha, const float *x, size_t n);
+
+/// Sum of n floats read once, front to back: a plain streaming read for bandwidth probes.
+float shoal_read_sum_f32(const float *p, size_t n);
+
+/// Tells the CPU this thread is in a spin-wait loop (x86 `pause`), so the sibling
+/// hyperthread and the memory system are not starved while it polls.
+static inline void shoal_spin_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

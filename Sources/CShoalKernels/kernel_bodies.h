@@ -1,0 +1,292 @@
+// Every kernel, written once over clang vector extensions and compiled once per instruction
+// set: kernels_<isa>.c defines the parameters below and includes this file.
+//
+//   SHOAL_VW         floats per vector register (16 AVX-512, 8 AVX2, 4 baseline)
+//   SHOAL_TT         tokens per GEMM register tile (rows per tile is SHOAL_ROW_TILE)
+//   SHOAL_ATTR       the function attribute selecting the instruction set, or nothing
+//   SHOAL_TABLE      name of the shoal_kernel_table this instantiation exports
+//   SHOAL_ISA_NAME, SHOAL_ISA_LEVEL
+#include <string.h>
+
+#include "kernel_table.h"
+
+typedef float vf __attribute__((ext_vector_type(SHOAL_VW)));
+typedef uint16_t vh __attribute__((ext_vector_type(SHOAL_VW)));
+typedef uint32_t vu __attribute__((ext_vector_type(SHOAL_VW)));
+typedef float v8 __attribute__((ext_vector_type(8)));
+typedef float v4 __attribute__((ext_vector_type(4)));
+typedef float v2 __attribute__((ext_vector_type(2)));
+
+#define VW SHOAL_VW
+#define RT SHOAL_ROW_TILE
+#define INLINE static inline __attribute__((always_inline)) SHOAL_ATTR
+#define UNROLL _Pragma("clang loop unroll(full)")
+
+// Bytes ahead of the current column that GEMV prefetches on each weight row: the hardware
+// prefetcher alone does not keep four row streams plus x far enough ahead to saturate DRAM.
+#ifndef PREFETCH_AHEAD
+#define PREFETCH_AHEAD 512
+#endif
+#ifndef GEMV_ACC
+#define GEMV_ACC 2
+#endif
+#ifndef GEMV_RT
+#define GEMV_RT 4
+#endif
+#ifndef PF_LOC
+#define PF_LOC 3
+#endif
+// GEMM blocking: a K block of a row tile's widened weights (RT x KC f32 = 8 KB) stays in L1
+// while NC tokens' matching slice of x (NC x KC f32, 96 KB with AVX-512) stays in L2.
+#ifndef KC
+#define KC 512
+#endif
+#ifndef NC
+#define NC (8 * SHOAL_TT)
+#endif
+
+// ---- loads ---------------------------------------------------------------------------------
+
+// memcpy loads are unaligned: rows of a matrix with odd cols start anywhere.
+INLINE vf load_f32(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+INLINE void store_f32(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+// bf16 is the top half of a float32: zero-extend to 32 bits and shift it into place.
+INLINE vf load_bf16(const uint16_t *p) {
+    vh h;
+    memcpy(&h, p, sizeof h);
+    return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+
+// Weight element i of a row in its stored dtype; `bf16` is a constant after inlining.
+INLINE vf load_w(const void *w, size_t i, int bf16) {
+    return bf16 ? load_bf16((const uint16_t *)w + i) : load_f32((const float *)w + i);
+}
+INLINE float scalar_w(const void *w, size_t i, int bf16) {
+    if (!bf16) return ((const float *)w)[i];
+    uint32_t bits = (uint32_t)((const uint16_t *)w)[i] << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+// ---- reductions ----------------------------------------------------------------------------
+
+INLINE v4 fold4(vf v) {
+#if SHOAL_VW == 16
+    v8 h = v.lo + v.hi;
+    return h.lo + h.hi;
+#elif SHOAL_VW == 8
+    return v.lo + v.hi;
+#else
+    return v;
+#endif
+}
+
+INLINE float hsum(vf v) {
+    v4 q = fold4(v);
+    v2 d = q.lo + q.hi;
+    return d.x + d.y;
+}
+
+// {Σa, Σb, Σc, Σd}: a 4x4 transpose-and-add shares shuffles across the four sums.
+INLINE v4 hsum4(vf a, vf b, vf c, vf d) {
+    v4 a4 = fold4(a), b4 = fold4(b), c4 = fold4(c), d4 = fold4(d);
+    v4 ab = __builtin_shufflevector(a4, b4, 0, 4, 1, 5) + __builtin_shufflevector(a4, b4, 2, 6, 3, 7);
+    v4 cd = __builtin_shufflevector(c4, d4, 0, 4, 1, 5) + __builtin_shufflevector(c4, d4, 2, 6, 3, 7);
+    return __builtin_shufflevector(ab, cd, 0, 1, 4, 5) + __builtin_shufflevector(ab, cd, 2, 3, 6, 7);
+}
+
+// ---- GEMV: y = W x, bandwidth bound -----------------------------------------------------------
+
+// y[r..r+R) = W[r..r+R, :] · x with A accumulators per row (independent FMA chains).
+INLINE void gemv_rows(const void *W, int bf16, size_t cols, const float *x, float *y,
+                      size_t r, int R) {
+    enum { A = GEMV_ACC };
+    const size_t es = bf16 ? 2 : 4;
+    const char *w[RT];  // R rows of W, [cols] each
+    vf acc[RT][A];
+    UNROLL for (int i = 0; i < R; i++) {
+        w[i] = (const char *)W + (r + i) * cols * es;
+        UNROLL for (int a = 0; a < A; a++) acc[i][a] = 0;
+    }
+    size_t k = 0;
+    for (; k + A * VW <= cols; k += A * VW) {
+        UNROLL for (int a = 0; a < A; a++) {
+            vf xa = load_f32(x + k + a * VW);
+            UNROLL for (int i = 0; i < R; i++) {
+                if (PREFETCH_AHEAD && (a * VW * es) % 64 == 0)
+                    __builtin_prefetch(w[i] + (k + a * VW) * es + PREFETCH_AHEAD, 0, PF_LOC);
+                acc[i][a] += load_w(w[i], k + a * VW, bf16) * xa;
+            }
+        }
+    }
+    for (; k + VW <= cols; k += VW) {
+        vf x0 = load_f32(x + k);
+        UNROLL for (int i = 0; i < R; i++) acc[i][0] += load_w(w[i], k, bf16) * x0;
+    }
+    UNROLL for (int i = 0; i < R; i++) {
+        vf sum = acc[i][0];
+        UNROLL for (int a = 1; a < A; a++) sum += acc[i][a];
+        float s = hsum(sum);
+        for (size_t c = k; c < cols; c++) s += scalar_w(w[i], c, bf16) * x[c];
+        y[r + i] = s;
+    }
+}
+
+INLINE void gemv_body(const void *W, int bf16, size_t cols, const float *x, float *y,
+                      size_t r0, size_t r1) {
+    size_t r = r0;
+    for (; r + GEMV_RT <= r1; r += GEMV_RT) gemv_rows(W, bf16, cols, x, y, r, GEMV_RT);
+    for (; r < r1; r++) gemv_rows(W, bf16, cols, x, y, r, 1);
+}
+
+// ---- GEMM: Y = X Wᵀ over n tokens, compute bound ---------------------------------------------
+
+// y[t*ldy + i] (+)= w[i,:kc] · x[t,:kc] for an R x T tile (i < R rows, t < T tokens) held in
+// R*T vector accumulators: each w load feeds T FMAs and each x load R.
+INLINE void gemm_tile(const float *w, size_t ldw, const float *x, size_t ldx, size_t kc,
+                      float *y, size_t ldy, int R, int T, int accumulate) {
+    vf acc[RT][SHOAL_TT];
+    UNROLL for (int i = 0; i < RT; i++) UNROLL for (int t = 0; t < SHOAL_TT; t++) acc[i][t] = 0;
+    size_t k = 0;
+    for (; k + VW <= kc; k += VW) {
+        vf wv[RT];
+        UNROLL for (int i = 0; i < R; i++) wv[i] = load_f32(w + i * ldw + k);
+        UNROLL for (int t = 0; t < T; t++) {
+            vf xv = load_f32(x + t * ldx + k);
+            UNROLL for (int i = 0; i < R; i++) acc[i][t] += wv[i] * xv;
+        }
+    }
+    UNROLL for (int t = 0; t < T; t++) {
+        v4 s = R == RT ? hsum4(acc[0][t], acc[1][t], acc[2][t], acc[3][t])
+                       : (v4){hsum(acc[0][t]), 0, 0, 0};
+        UNROLL for (int i = 0; i < R; i++) {
+            float v = s[i];
+            for (size_t c = k; c < kc; c++) v += w[i * ldw + c] * x[t * ldx + c];
+            y[t * ldy + i] = accumulate ? y[t * ldy + i] + v : v;
+        }
+    }
+}
+
+// Tiles of SHOAL_TT tokens across nc tokens; the remainder gets a tile of its exact width.
+INLINE void gemm_panel(const float *w, size_t ldw, const float *x, size_t ldx, size_t kc,
+                       size_t nc, float *y, size_t ldy, int R, int accumulate) {
+    size_t t = 0;
+    for (; t + SHOAL_TT <= nc; t += SHOAL_TT)
+        gemm_tile(w, ldw, x + t * ldx, ldx, kc, y + t * ldy, ldy, R, SHOAL_TT, accumulate);
+    x += t * ldx;
+    y += t * ldy;
+#define REMAINDER(T) \
+    case T: gemm_tile(w, ldw, x, ldx, kc, y, ldy, R, T < SHOAL_TT ? T : 1, accumulate); break;
+    switch (nc - t) { REMAINDER(1) REMAINDER(2) REMAINDER(3) REMAINDER(4) REMAINDER(5)
+                      REMAINDER(6) REMAINDER(7) default: break; }
+#undef REMAINDER
+}
+
+// wbuf[i, :kc] = W[r+i, k0 ..< k0+kc] widened, for i < R: paid once per NC tokens, not per token.
+INLINE void widen_rows(const uint16_t *W, size_t cols, size_t r, size_t R, size_t k0,
+                       size_t kc, float *wbuf) {
+    for (size_t i = 0; i < R; i++) {
+        const uint16_t *src = W + (r + i) * cols + k0;
+        float *dst = wbuf + i * KC;
+        size_t k = 0;
+        for (; k + VW <= kc; k += VW) store_f32(dst + k, load_bf16(src + k));
+        for (; k < kc; k++) dst[k] = scalar_w(src, k, 1);
+    }
+}
+
+INLINE void gemm_body(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
+                      size_t n, float *Y, size_t ldy, size_t r0, size_t r1) {
+    if (n == 1) {  // y[0*ldy + r] is y[r]: one token is a GEMV, bandwidth bound
+        gemv_body(W, bf16, cols, X, Y, r0, r1);
+        return;
+    }
+    if (cols == 0)  // no K blocks below: an empty dot product is 0
+        for (size_t t = 0; t < n; t++) memset(Y + t * ldy + r0, 0, (r1 - r0) * sizeof(float));
+    float wbuf[RT * KC] __attribute__((aligned(64)));  // [RT, KC] widened bf16 rows
+    for (size_t k0 = 0; k0 < cols; k0 += KC) {
+        size_t kc = cols - k0 < KC ? cols - k0 : KC;
+        for (size_t t0 = 0; t0 < n; t0 += NC) {
+            size_t nc = n - t0 < NC ? n - t0 : NC;
+            for (size_t r = r0; r < r1; r += RT) {
+                size_t R = r1 - r < RT ? r1 - r : RT;
+                const float *w = wbuf;
+                size_t ldw = KC;
+                if (bf16) widen_rows(W, cols, r, R, k0, kc, wbuf);
+                else w = (const float *)W + r * cols + k0, ldw = cols;
+                const float *x = X + t0 * ldx + k0;
+                float *y = Y + t0 * ldy + r;
+                if (R == RT) gemm_panel(w, ldw, x, ldx, kc, nc, y, ldy, RT, k0 > 0);
+                else for (size_t i = 0; i < R; i++)
+                    gemm_panel(w + i * ldw, ldw, x, ldx, kc, nc, y + i, ldy, 1, k0 > 0);
+            }
+        }
+    }
+}
+
+// ---- attention and probes ------------------------------------------------------------------
+
+INLINE float dot_body(const float *a, const float *b, size_t n) {
+    vf s0 = 0, s1 = 0;
+    size_t i = 0;
+    for (; i + 2 * VW <= n; i += 2 * VW) {
+        s0 += load_f32(a + i) * load_f32(b + i);
+        s1 += load_f32(a + i + VW) * load_f32(b + i + VW);
+    }
+    for (; i + VW <= n; i += VW) s0 += load_f32(a + i) * load_f32(b + i);
+    float s = hsum(s0 + s1);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+INLINE void axpy_body(float *y, float alpha, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + VW <= n; i += VW) store_f32(y + i, load_f32(y + i) + alpha * load_f32(x + i));
+    for (; i < n; i++) y[i] += alpha * x[i];
+}
+
+// Four independent sums so the adds never wait on each other: only memory limits the loop.
+INLINE float read_sum_body(const float *p, size_t n) {
+    vf s[4] = {0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 4 * VW <= n; i += 4 * VW)
+        UNROLL for (int j = 0; j < 4; j++) s[j] += load_f32(p + i + j * VW);
+    float total = hsum(s[0] + s[1] + s[2] + s[3]);
+    for (; i < n; i++) total += p[i];
+    return total;
+}
+
+// ---- this instruction set's entry points ---------------------------------------------------
+
+SHOAL_ATTR static void gemv_f32(const float *w, size_t cols, const float *x, float *y,
+                                size_t r0, size_t r1) { gemv_body(w, 0, cols, x, y, r0, r1); }
+SHOAL_ATTR static void gemv_bf16(const uint16_t *w, size_t cols, const float *x, float *y,
+                                 size_t r0, size_t r1) { gemv_body(w, 1, cols, x, y, r0, r1); }
+SHOAL_ATTR static void gemm_f32(const float *w, size_t cols, const float *x, size_t ldx,
+                                size_t n, float *y, size_t ldy, size_t r0, size_t r1) {
+    gemm_body(w, 0, cols, x, ldx, n, y, ldy, r0, r1);
+}
+SHOAL_ATTR static void gemm_bf16(const uint16_t *w, size_t cols, const float *x, size_t ldx,
+                                 size_t n, float *y, size_t ldy, size_t r0, size_t r1) {
+    gemm_body(w, 1, cols, x, ldx, n, y, ldy, r0, r1);
+}
+SHOAL_ATTR static float dot_f32(const float *a, const float *b, size_t n) {
+    return dot_body(a, b, n);
+}
+SHOAL_ATTR static void axpy_f32(float *y, float alpha, const float *x, size_t n) {
+    axpy_body(y, alpha, x, n);
+}
+SHOAL_ATTR static float read_sum_f32(const float *p, size_t n) { return read_sum_body(p, n); }
+
+const struct shoal_kernel_table SHOAL_TABLE = {
+    .name = SHOAL_ISA_NAME,
+    .level = SHOAL_ISA_LEVEL,
+    .gemv_f32 = gemv_f32,
+    .gemv_bf16 = gemv_bf16,
+    .gemm_f32 = gemm_f32,
+    .gemm_bf16 = gemm_bf16,
+    .dot_f32 = dot_f32,
+    .axpy_f32 = axpy_f32,
+    .read_sum_f32 = read_sum_f32,
+};

@@ -1,0 +1,10 @@
+// AVX2 + FMA kernels: 8-wide vectors, 16 registers, so a 4 x 2 GEMM tile (8 accumulators).
+#if defined(__x86_64__)
+#define SHOAL_VW 8
+#define SHOAL_TT 2
+#define SHOAL_ATTR __attribute__((target("avx2,fma")))
+#define SHOAL_TABLE shoal_kernels_avx2
+#define SHOAL_ISA_NAME "avx2"
+#define SHOAL_ISA_LEVEL SHOAL_ISA_AVX2
+#include "kernel_bodies.h"
+#endif

@@ -1,0 +1,10 @@
+// AVX-512 kernels: 16-wide vectors, 32 registers, so a 4 x 6 GEMM tile (24 accumulators).
+#if defined(__x86_64__)
+#define SHOAL_VW 16
+#define SHOAL_TT 6
+#define SHOAL_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define SHOAL_TABLE shoal_kernels_avx512
+#define SHOAL_ISA_NAME "avx512"
+#define SHOAL_ISA_LEVEL SHOAL_ISA_AVX512
+#include "kernel_bodies.h"
+#endif

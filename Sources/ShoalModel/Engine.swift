@@ -1,0 +1,28 @@
+import ShoalTensor
+import ShoalTokenizer
+
+/// A model folder loaded for generation in one process: weights, tokenizer, compute pool.
+public final class Engine {
+    public let checkpoint: Checkpoint
+    public let tokenizer: SentencePieceTokenizer
+    public let model: MixtralModel
+    public let generator: Generator
+    public let pool: ComputePool
+
+    /// Loads `folder` (either layout) with every expert local, on `threads` threads.
+    public init(folder: String, threads: Int = Engine.defaultThreads) throws {
+        checkpoint = try Checkpoint(folder: folder)
+        tokenizer = try SentencePieceTokenizer(contentsOf: try checkpoint.requireTokenizerPath())
+        pool = ComputePool(threads: threads)
+        let experts = LocalExperts(store: try ExpertStore.load(checkpoint), pool: pool)
+        model = MixtralModel(weights: try CoordinatorWeights(checkpoint: checkpoint), experts: experts, pool: pool)
+        generator = Generator(model: model, tokenizer: tokenizer)
+    }
+
+    /// One thread per online core.
+    public static var defaultThreads: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,267 @@
+// The Mixtral forward pass, after llama2.c `run.c` for its shape and mistral-inference
+// `transformer.py` / `moe.py` for the MoE routing order.
+import ShoalTensor
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Per-layer internals recorded when a trace is attached (tests and debugging only).
+public final class ForwardTrace {
+    public var layerOutputs: [[Float]] = []  // (layers+1) × (T, dim): [0] = embeddings
+    public var routerLogits: [[Float]] = []  // layers × (T, experts)
+    public var routerIndices: [[Int]] = []  // layers × (T, k), highest weight first
+    public var routerWeights: [[Float]] = []  // layers × (T, k)
+    public var finalHidden: [Float] = []  // (T, dim) after the final norm
+    public init() {}
+}
+
+/// The coordinator's half of Mixtral: embeddings, attention, router, final norm and
+/// lm_head. Experts are reached through `experts`, local or remote.
+public final class MixtralModel {
+    public let config: ModelConfig
+    public let weights: CoordinatorWeights
+    public let experts: ExpertBackend
+    public let pool: ComputePool
+    /// Records internals of the next forward passes when set.
+    public var trace: ForwardTrace?
+    /// Weight bytes this object's own products streamed (attention, router, lm_head).
+    public var weightBytesRead = 0
+    /// Prompts are processed this many tokens at a time, bounding scratch memory.
+    public let chunkSize: Int
+
+    private let invFreq: [Float]  // (headDim/2,)
+    // Run state, (T, …) for a chunk of T tokens.
+    private let x = FloatBuffer()  // (T, dim) residual stream
+    private let xb = FloatBuffer()  // (T, dim) normed input of a block
+    private let xb2 = FloatBuffer()  // (T, dim) a block's output
+    private let q = FloatBuffer()  // (T, heads*headDim)
+    private let k = FloatBuffer()  // (T, kvHeads*headDim)
+    private let v = FloatBuffer()  // (T, kvHeads*headDim)
+    private let attnOut = FloatBuffer()  // (T, heads*headDim)
+    private let att = FloatBuffer()  // (heads, capacity) scores of one query
+    private let ropeCos = FloatBuffer()  // (T, headDim/2)
+    private let ropeSin = FloatBuffer()  // (T, headDim/2)
+    private let routerLogits = FloatBuffer()  // (T, experts)
+    private let logits = FloatBuffer()  // (T or 1, vocab)
+    private var routes: Routes
+    private var jobs: [MatMul] = []
+    private var vecJobs: [MatVec] = []
+
+    public init(weights: CoordinatorWeights, experts: ExpertBackend, pool: ComputePool, chunkSize: Int = 256) {
+        self.config = weights.config
+        self.weights = weights
+        self.experts = experts
+        self.pool = pool
+        self.chunkSize = chunkSize
+        let hd = weights.config.headDim, theta = weights.config.ropeTheta
+        invFreq = (0..<hd / 2).map { i in 1 / powf(theta, Float(2 * i) / Float(hd)) }
+        routes = Routes(k: config.expertsPerToken)
+    }
+
+    /// Runs `tokens` at positions `cache.length…`, appends their keys and values to `cache`,
+    /// and returns the logits of the last token, or of every token when `allLogits`
+    /// (`(T, vocab)`). The buffer is valid until the next call.
+    public func forward(_ tokens: [Int], cache: KVCache, allLogits: Bool = false) throws -> UnsafeBufferPointer<Float> {
+        guard !tokens.isEmpty else { throw InferenceError.emptyInput }
+        for id in tokens where id < 0 || id >= config.vocabSize {
+            throw InferenceError.tokenOutOfRange(id: id, vocabSize: config.vocabSize)
+        }
+        let needed = cache.length + tokens.count
+        guard needed <= cache.capacity else {
+            throw InferenceError.contextOverflow(needed: needed, limit: cache.capacity)
+        }
+        let V = config.vocabSize
+        let out = logits.reserve(allLogits ? tokens.count * V : V)
+        var start = 0
+        while start < tokens.count {
+            let chunk = Array(tokens[start..<min(tokens.count, start + chunkSize)])
+            let isLast = start + chunk.count == tokens.count
+            try layers(chunk, cache: cache)
+            if allLogits {
+                product(weights.output, xb.pointer, out + start * V, ldy: V, n: chunk.count)
+            } else if isLast {
+                product(weights.output, xb.pointer + (chunk.count - 1) * config.dim, out, ldy: V, n: 1)
+            }
+            start += chunk.count
+        }
+        return UnsafeBufferPointer(start: out, count: allLogits ? tokens.count * V : V)
+    }
+
+    /// Every decoder layer over one chunk; leaves the final-normed hidden states in `xb`.
+    private func layers(_ tokens: [Int], cache: KVCache) throws {
+        let T = tokens.count, dim = config.dim, p0 = cache.length
+        let qDim = config.heads * config.headDim, kvDim = config.kvHeads * config.headDim
+        let x = self.x.reserve(T * dim), xb = self.xb.reserve(T * dim), xb2 = self.xb2.reserve(T * dim)
+        let q = self.q.reserve(T * qDim), k = self.k.reserve(T * kvDim), v = self.v.reserve(T * kvDim)
+        let attnOut = self.attnOut.reserve(T * qDim)
+
+        // Embeddings.
+        for (t, id) in tokens.enumerated() { weights.embedding.copyRow(id, into: x + t * dim) }
+        trace?.layerOutputs.append(Array(UnsafeBufferPointer(start: x, count: T * dim)))
+        prepareRope(firstPosition: p0, count: T)
+
+        for l in 0..<config.layers {
+            let w = weights.layers[l]
+
+            // Attention: h = x + wo · attention(rmsnorm(x)).
+            rmsnorm(xb, x, w.attentionNorm, count: T)
+            jobs.removeAll(keepingCapacity: true)
+            jobs.append(MatMul(matrix: w.wq, x: xb, ldx: dim, n: T, y: q, ldy: qDim))
+            jobs.append(MatMul(matrix: w.wk, x: xb, ldx: dim, n: T, y: k, ldy: kvDim))
+            jobs.append(MatMul(matrix: w.wv, x: xb, ldx: dim, n: T, y: v, ldy: kvDim))
+            runJobs()
+            applyRope(q, heads: config.heads, count: T)
+            applyRope(k, heads: config.kvHeads, count: T)
+            (cache.keys[l] + p0 * kvDim).update(from: k, count: T * kvDim)
+            (cache.values[l] + p0 * kvDim).update(from: v, count: T * kvDim)
+            attention(layer: l, cache: cache, firstPosition: p0, count: T, out: attnOut)
+            product(w.wo, attnOut, xb2, ldy: dim, n: T)
+            for i in 0..<(T * dim) { x[i] += xb2[i] }
+
+            // MoE: x = h + Σ_j weight_j · expert_j(rmsnorm(h)).
+            rmsnorm(xb, x, w.ffnNorm, count: T)
+            route(layer: l, w.router, xb, count: T)
+            try experts.moe(layer: l, x: xb, routes: routes, out: xb2)
+            for i in 0..<(T * dim) { x[i] += xb2[i] }
+            trace?.layerOutputs.append(Array(UnsafeBufferPointer(start: x, count: T * dim)))
+        }
+        rmsnorm(xb, x, weights.finalNorm, count: T)
+        trace?.finalHidden = Array(UnsafeBufferPointer(start: xb, count: T * dim))
+        cache.length = p0 + T
+    }
+
+    // MARK: - Blocks
+
+    /// out[t] = x[t] / sqrt(mean(x[t]²) + eps) * weight, for each of `count` rows.
+    private func rmsnorm(_ out: UnsafeMutablePointer<Float>, _ x: UnsafeMutablePointer<Float>, _ weight: [Float], count: Int) {
+        let dim = config.dim
+        for t in 0..<count {
+            let xt = x + t * dim, ot = out + t * dim
+            var ss: Double = 0
+            for i in 0..<dim { ss += Double(xt[i]) * Double(xt[i]) }
+            let scale = 1 / sqrtf(Float(ss / Double(dim)) + config.normEps)
+            for i in 0..<dim { ot[i] = (xt[i] * scale) * weight[i] }
+        }
+    }
+
+    /// cos/sin of position × inverse frequency, in float32 as transformers computes them.
+    private func prepareRope(firstPosition p0: Int, count: Int) {
+        let half = config.headDim / 2
+        let c = ropeCos.reserve(count * half), s = ropeSin.reserve(count * half)
+        for t in 0..<count {
+            for i in 0..<half {
+                let angle = Float(p0 + t) * invFreq[i]
+                c[t * half + i] = cosf(angle)
+                s[t * half + i] = sinf(angle)
+            }
+        }
+    }
+
+    /// Rotates each head's pairs: (i, i+hd/2) for HF files, (2i, 2i+1) for Mistral files.
+    private func applyRope(_ v: UnsafeMutablePointer<Float>, heads: Int, count: Int) {
+        let hd = config.headDim, half = hd / 2
+        let interleaved = weights.ropeStyle == .interleaved
+        for t in 0..<count {
+            let c = ropeCos.pointer + t * half, s = ropeSin.pointer + t * half
+            for h in 0..<heads {
+                let head = v + (t * heads + h) * hd
+                for i in 0..<half {
+                    let a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half
+                    let x1 = head[a], x2 = head[b]
+                    head[a] = x1 * c[i] - x2 * s[i]
+                    head[b] = x2 * c[i] + x1 * s[i]
+                }
+            }
+        }
+    }
+
+    /// Causal grouped-query attention of `count` queries against the cache, one head per task.
+    private func attention(layer: Int, cache: KVCache, firstPosition p0: Int, count: Int, out: UnsafeMutablePointer<Float>) {
+        let hd = config.headDim, heads = config.heads, group = config.heads / config.kvHeads
+        let qDim = heads * hd, kvDim = cache.kvDim, capacity = cache.capacity
+        let keys = cache.keys[layer], values = cache.values[layer], q = self.q.pointer
+        let att = self.att.reserve(heads * capacity)
+        let scale = 1 / sqrtf(Float(hd)), window = config.slidingWindow
+        pool.parallelFor(heads) { h in
+            let scores = att + h * capacity, g = h / group
+            for t in 0..<count {
+                let pos = p0 + t, lo = window.map { max(0, pos - $0 + 1) } ?? 0
+                let qh = q + t * qDim + h * hd
+                var maxScore = -Float.infinity
+                for j in lo...pos {
+                    let s = Kernels.dot(qh, keys + j * kvDim + g * hd, count: hd) * scale
+                    scores[j] = s
+                    maxScore = max(maxScore, s)
+                }
+                var sum: Float = 0
+                for j in lo...pos {
+                    scores[j] = expf(scores[j] - maxScore)
+                    sum += scores[j]
+                }
+                let o = out + t * qDim + h * hd
+                o.update(repeating: 0, count: hd)
+                for j in lo...pos { Kernels.axpy(o, scores[j] / sum, values + j * kvDim + g * hd, count: hd) }
+            }
+        }
+    }
+
+    /// Router logits, top-k on them, then float32 softmax over the k chosen (mistral-inference
+    /// order; HF's softmax-over-all then renormalise is the same function).
+    private func route(layer: Int, _ router: Matrix, _ xb: UnsafeMutablePointer<Float>, count T: Int) {
+        let E = config.experts, K = config.expertsPerToken
+        let r = routerLogits.reserve(T * E)
+        product(router, xb, r, ldy: E, n: T)
+        routes.tokenCount = T
+        if routes.experts.count < T * K {
+            routes.experts = Array(repeating: 0, count: T * K)
+            routes.weights = Array(repeating: 0, count: T * K)
+        }
+        var chosen = [Int](repeating: 0, count: K), weight = [Float](repeating: 0, count: K)
+        var traceIdx: [Int] = [], traceW: [Float] = []
+        for t in 0..<T {
+            let rt = r + t * E
+            for j in 0..<K {  // highest first; ties keep the lower expert index
+                var best = -1
+                for e in 0..<E where !chosen[0..<j].contains(e) && (best < 0 || rt[e] > rt[best]) { best = e }
+                chosen[j] = best
+            }
+            var sum: Float = 0
+            for j in 0..<K { weight[j] = expf(rt[chosen[j]] - rt[chosen[0]]); sum += weight[j] }
+            for j in 0..<K { weight[j] /= sum }
+            if trace != nil { traceIdx += chosen; traceW += weight }
+            // Slots in ascending expert order: the summation order every backend follows.
+            let order = (0..<K).sorted { chosen[$0] < chosen[$1] }
+            for (slot, j) in order.enumerated() {
+                routes.experts[t * K + slot] = Int32(chosen[j])
+                routes.weights[t * K + slot] = weight[j]
+            }
+        }
+        if let trace {
+            trace.routerLogits.append(Array(UnsafeBufferPointer(start: r, count: T * E)))
+            trace.routerIndices.append(traceIdx)
+            trace.routerWeights.append(traceW)
+        }
+    }
+
+    // MARK: - Products
+
+    /// y[t*ldy + r] = m[r,:] · x[t*m.cols + :], as a GEMV for one token.
+    private func product(_ m: Matrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, n: Int) {
+        jobs.removeAll(keepingCapacity: true)
+        jobs.append(MatMul(matrix: m, x: x, ldx: m.cols, n: n, y: y, ldy: ldy))
+        runJobs()
+    }
+
+    /// Runs `jobs` in one dispatch: GEMVs when every product has one token.
+    private func runJobs() {
+        for j in jobs { weightBytesRead += j.matrix.byteCount }
+        if jobs.allSatisfy({ $0.n == 1 }) {
+            vecJobs.removeAll(keepingCapacity: true)
+            for j in jobs { vecJobs.append(MatVec(matrix: j.matrix, x: j.x, y: j.y)) }
+            vecJobs.withUnsafeBufferPointer { Kernels.gemv($0, pool: pool) }
+        } else {
+            jobs.withUnsafeBufferPointer { Kernels.gemm($0, pool: pool) }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+/// Every way a model folder can fail to load. Safetensors-level damage (a truncated file, a
+/// bad header) surfaces as `SafetensorsError`, which names the file and the tensor.
+public enum ModelLoadError: Error, CustomStringConvertible, Equatable {
+    /// The folder is neither a Hugging Face nor a Mistral checkpoint.
+    case notACheckpoint(folder: String, found: [String])
+    /// `config.json` / `params.json` is unreadable or describes an impossible model.
+    case badConfig(file: String, detail: String)
+    /// A tensor the model needs is in no file of the folder.
+    case missingTensor(name: String, folder: String)
+    /// `model.safetensors.index.json` names a shard that is not there.
+    case missingShard(file: String, tensor: String)
+    /// A tensor's shape differs from what the config implies.
+    case shapeMismatch(name: String, expected: [Int], actual: [Int])
+    /// A weight stored in a non-float dtype.
+    case unsupportedDType(name: String, dtype: String)
+    /// No `tokenizer.model` / `tokenizer.model.v1` beside the weights.
+    case missingTokenizer(folder: String)
+
+    public var description: String {
+        switch self {
+        case let .notACheckpoint(folder, found):
+            let listing = found.isEmpty ? "it is empty or missing" : "found: " + found.prefix(8).joined(separator: ", ")
+            return "\(folder) is not a model folder: expected config.json with model.safetensors "
+                + "(or model.safetensors.index.json and its shards), or params.json with consolidated.safetensors; \(listing)"
+        case let .badConfig(file, detail): return "\(file): \(detail)"
+        case let .missingTensor(name, folder): return "tensor \(name) is missing from \(folder)"
+        case let .missingShard(file, tensor): return "shard \(file) (holding \(tensor)) is missing"
+        case let .shapeMismatch(name, expected, actual):
+            return "tensor \(name) has shape \(actual), expected \(expected) from the config"
+        case let .unsupportedDType(name, dtype): return "tensor \(name) has dtype \(dtype); weights must be F32, BF16 or F16"
+        case let .missingTokenizer(folder): return "no tokenizer.model or tokenizer.model.v1 in \(folder)"
+        }
+    }
+}

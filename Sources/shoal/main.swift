@@ -1,0 +1,3 @@
+import ShoalCLI
+
+ShoalCommand.main()
