@@ -41,8 +41,8 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 #ifndef KC
 #define KC 512
 #endif
-#ifndef NC
-#define NC (8 * SHOAL_TT)
+#ifndef MC
+#define MC 32
 #endif
 
 // ---- loads ---------------------------------------------------------------------------------
@@ -169,30 +169,43 @@ INLINE void gemm_tile(const float *w, size_t ldw, const float *x, size_t ldx, si
     }
 }
 
-// Tiles of SHOAL_TT tokens across nc tokens; the remainder gets a tile of its exact width.
-INLINE void gemm_panel(const float *w, size_t ldw, const float *x, size_t ldx, size_t kc,
-                       size_t nc, float *y, size_t ldy, int R, int accumulate) {
-    size_t t = 0;
-    for (; t + SHOAL_TT <= nc; t += SHOAL_TT)
-        gemm_tile(w, ldw, x + t * ldx, ldx, kc, y + t * ldy, ldy, R, SHOAL_TT, accumulate);
-    x += t * ldx;
-    y += t * ldy;
-#define REMAINDER(T) \
-    case T: gemm_tile(w, ldw, x, ldx, kc, y, ldy, R, T < SHOAL_TT ? T : 1, accumulate); break;
-    switch (nc - t) { REMAINDER(1) REMAINDER(2) REMAINDER(3) REMAINDER(4) REMAINDER(5)
-                      REMAINDER(6) REMAINDER(7) default: break; }
-#undef REMAINDER
+// One R x T tile for any T <= SHOAL_TT: the switch turns T into a constant so every tile
+// width gets its own fully unrolled loop.
+INLINE void gemm_tile_n(const float *w, size_t ldw, const float *x, size_t ldx, size_t kc,
+                        float *y, size_t ldy, int R, size_t T, int accumulate) {
+#define WIDTH(N) \
+    case N: gemm_tile(w, ldw, x, ldx, kc, y, ldy, R, N <= SHOAL_TT ? N : 1, accumulate); break;
+    switch (T) { WIDTH(1) WIDTH(2) WIDTH(3) WIDTH(4) WIDTH(5) WIDTH(6) WIDTH(7) WIDTH(8) }
+#undef WIDTH
 }
 
-// wbuf[i, :kc] = W[r+i, k0 ..< k0+kc] widened, for i < R: paid once per NC tokens, not per token.
-INLINE void widen_rows(const uint16_t *W, size_t cols, size_t r, size_t R, size_t k0,
-                       size_t kc, float *wbuf) {
+// wbuf[i, :kc] = W[r+i, k0 ..< k0+kc] as f32 for i < R: widened (or copied) once per K block and
+// then reused by every token, so the tiles read one dense L2-resident panel.
+INLINE void pack_rows(const void *W, int bf16, size_t cols, size_t r, size_t R, size_t k0,
+                      size_t kc, float *wbuf) {
+    const size_t es = bf16 ? 2 : 4;
     for (size_t i = 0; i < R; i++) {
-        const uint16_t *src = W + (r + i) * cols + k0;
+        const char *src = (const char *)W + ((r + i) * cols + k0) * es;
         float *dst = wbuf + i * KC;
         size_t k = 0;
-        for (; k + VW <= kc; k += VW) store_f32(dst + k, load_bf16(src + k));
-        for (; k < kc; k++) dst[k] = scalar_w(src, k, 1);
+        for (; k + VW <= kc; k += VW) store_f32(dst + k, load_w(src, k, bf16));
+        for (; k < kc; k++) dst[k] = scalar_w(src, k, bf16);
+    }
+}
+
+// y[t*ldy + i] (+)= wbuf[i, :kc] · x[t*ldx + :kc] for i < R rows, t < n tokens. Token tiles run
+// outside row tiles so each token tile's x (TT x kc) stays in L1 across the block's rows.
+INLINE void gemm_block(const float *wbuf, size_t R, const float *x, size_t ldx, size_t kc,
+                       size_t n, float *y, size_t ldy, int accumulate) {
+    for (size_t t = 0; t < n; t += SHOAL_TT) {
+        size_t T = n - t < SHOAL_TT ? n - t : SHOAL_TT;
+        const float *xt = x + t * ldx;
+        float *yt = y + t * ldy;
+        size_t i = 0;
+        for (; i + RT <= R; i += RT)
+            gemm_tile_n(wbuf + i * KC, KC, xt, ldx, kc, yt + i, ldy, RT, T, accumulate);
+        for (; i < R; i++)
+            gemm_tile_n(wbuf + i * KC, KC, xt, ldx, kc, yt + i, ldy, 1, T, accumulate);
     }
 }
 
@@ -204,23 +217,13 @@ INLINE void gemm_body(const void *W, int bf16, size_t cols, const float *X, size
     }
     if (cols == 0)  // no K blocks below: an empty dot product is 0
         for (size_t t = 0; t < n; t++) memset(Y + t * ldy + r0, 0, (r1 - r0) * sizeof(float));
-    float wbuf[RT * KC] __attribute__((aligned(64)));  // [RT, KC] widened bf16 rows
+    float wbuf[MC * KC] __attribute__((aligned(64)));  // [MC, KC]: a block of W rows as f32
     for (size_t k0 = 0; k0 < cols; k0 += KC) {
         size_t kc = cols - k0 < KC ? cols - k0 : KC;
-        for (size_t t0 = 0; t0 < n; t0 += NC) {
-            size_t nc = n - t0 < NC ? n - t0 : NC;
-            for (size_t r = r0; r < r1; r += RT) {
-                size_t R = r1 - r < RT ? r1 - r : RT;
-                const float *w = wbuf;
-                size_t ldw = KC;
-                if (bf16) widen_rows(W, cols, r, R, k0, kc, wbuf);
-                else w = (const float *)W + r * cols + k0, ldw = cols;
-                const float *x = X + t0 * ldx + k0;
-                float *y = Y + t0 * ldy + r;
-                if (R == RT) gemm_panel(w, ldw, x, ldx, kc, nc, y, ldy, RT, k0 > 0);
-                else for (size_t i = 0; i < R; i++)
-                    gemm_panel(w + i * ldw, ldw, x, ldx, kc, nc, y + i, ldy, 1, k0 > 0);
-            }
+        for (size_t r = r0; r < r1; r += MC) {
+            size_t R = r1 - r < MC ? r1 - r : MC;
+            pack_rows(W, bf16, cols, r, R, k0, kc, wbuf);
+            gemm_block(wbuf, R, X + k0, ldx, kc, n, Y + r, ldy, k0 > 0);
         }
     }
 }

@@ -1,0 +1,109 @@
+import Foundation
+import Testing
+import ShoalTensor
+
+/// The `shoal` binary as users and scripts drive it: exact output formats and exit codes.
+@Suite struct CLITests {
+    struct Output { var status: Int32; var stdout: String; var stderr: String }
+
+    /// Runs the `shoal` built beside the test bundle, with a time limit.
+    func shoal(_ arguments: [String]) throws -> Output {
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        var dir = bin
+        while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("shoal").path) && dir.path != "/" {
+            dir = dir.deletingLastPathComponent()
+        }
+        let process = Process()
+        process.executableURL = dir.appendingPathComponent("shoal")
+        process.arguments = arguments
+        // Files, not pipes: a full pipe would block the child while we wait for it.
+        let base = NSTemporaryDirectory() + "shoal-cli-" + UUID().uuidString
+        _ = FileManager.default.createFile(atPath: base + ".out", contents: nil)
+        _ = FileManager.default.createFile(atPath: base + ".err", contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: base + ".out"); try? FileManager.default.removeItem(atPath: base + ".err") }
+        process.standardOutput = FileHandle(forWritingAtPath: base + ".out")
+        process.standardError = FileHandle(forWritingAtPath: base + ".err")
+        try process.run()
+        let deadline = Date().addingTimeInterval(120)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        let stdout = FileManager.default.contents(atPath: base + ".out") ?? Data()
+        let stderr = FileManager.default.contents(atPath: base + ".err") ?? Data()
+        return Output(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+                      stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    @Test func tokenizeAndDetokenizePrintJSON() throws {
+        let tok = try Fixtures.path("tokenizer/tokenizer.model.v1")
+        let r = try shoal(["tokenize", "--tokenizer", tok, "--bos", "--", "-Hello world"])
+        #expect(r.status == 0)
+        let ids = try JSONDecoder().decode([Int].self, from: Data(r.stdout.utf8))
+        #expect(ids.first == 1 && ids.count > 2)
+        let back = try shoal(["detokenize", "--tokenizer", tok, "--ids", ids.map(String.init).joined(separator: ",")])
+        #expect(back.status == 0 && back.stdout == "\"-Hello world\"\n")
+        let bad = try shoal(["detokenize", "--tokenizer", tok, "--ids", "1,99999"])
+        #expect(bad.status == 1 && bad.stderr.hasPrefix("error: ") && bad.stderr.contains("99999"))
+    }
+
+    @Test func refusedConversationExitsOne() throws {
+        let dir = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let chat = dir + "/chat.json"
+        try Data(#"[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello"}]"#.utf8)
+            .write(to: URL(fileURLWithPath: chat))
+        let r = try shoal(["tokenize", "--tokenizer", try Fixtures.path("tokenizer/tokenizer.model.v1"), "--chat", chat])
+        #expect(r.status == 1 && r.stdout.isEmpty && r.stderr.hasPrefix("error: "))
+        #expect(r.stderr.split(separator: "\n").count == 1)
+    }
+
+    @Test func generateJSONIsTheGreedyReference() throws {
+        let expected = try Fixtures.Expected(model: "tiny-bf16")
+        let ids = try expected.ints("prompt2.input_ids").map(String.init).joined(separator: ",")
+        let r = try shoal(["generate", "--model", try Fixtures.path("models/tiny-bf16/mistral"), "--ids", ids,
+                           "--max-tokens", "24", "--ignore-eos", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        struct Result: Decodable { var ids: [Int]; var text: String }
+        let result = try JSONDecoder().decode(Result.self, from: Data(r.stdout.utf8))
+        #expect(result.ids == (try expected.ints("prompt2.greedy_tokens")))
+        #expect(r.stderr.contains("tokens/s"))
+    }
+
+    @Test func logitsFileMatchesTheReference() throws {
+        let expected = try Fixtures.Expected(model: "tiny-f32")
+        let dir = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ids = try expected.ints("prompt0.input_ids")
+        let r = try shoal(["logits", "--model", try Fixtures.path("models/tiny-f32/hf"),
+                           "--ids", ids.map(String.init).joined(separator: ","), "--out", dir + "/l.safetensors"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let file = try SafetensorsFile(path: dir + "/l.safetensors")
+        #expect(file.tensors["logits"]?.shape == [ids.count, 32000] && file.tensors["logits"]?.type == .f32)
+        expectClose(try file.floats("logits"), try expected.floats("prompt0.logits"), "shoal logits")
+    }
+
+    @Test func badModelAndBadIdsGetOneLineErrors() throws {
+        let dir = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try shoal(["generate", "--model", dir, "--prompt", "hi"])
+        #expect(r.status == 1 && r.stderr.hasPrefix("error: ") && r.stderr.contains("not a model folder"))
+        #expect(r.stderr.split(separator: "\n").count == 1)
+        let out = try shoal(["generate", "--model", try Fixtures.path("models/tiny-f32/hf"), "--ids", "1,32000"])
+        #expect(out.status == 1 && out.stderr.contains("token id 32000 is outside the vocabulary"))
+        let long = try shoal(["generate", "--model", try Fixtures.path("models/tiny-f32/hf"), "--ids", "1,2",
+                              "--max-tokens", "40000"])
+        #expect(long.status == 1 && long.stderr.contains("context holds 32768"))
+    }
+
+    @Test func synthThenGenerateStreams() throws {
+        let dir = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let s = try shoal(["synth", "--out", dir + "/m", "--shape", "tiny", "--layers", "3", "--seed", "9"])
+        #expect(s.status == 0, "\(s.stderr)")
+        let r = try shoal(["generate", "--model", dir + "/m", "--prompt", "Hello there", "--max-tokens", "8",
+                           "--temperature", "0.8", "--top-p", "0.9", "--seed", "5", "--ignore-eos", "--json"])
+        let again = try shoal(["generate", "--model", dir + "/m", "--prompt", "Hello there", "--max-tokens", "8",
+                               "--temperature", "0.8", "--top-p", "0.9", "--seed", "5", "--ignore-eos", "--json"])
+        #expect(r.status == 0 && r.stdout == again.stdout && r.stdout.hasPrefix("{\"ids\":["))
+    }
+}
