@@ -25,6 +25,7 @@ static const struct shoal_kernel_table *table_for(int level) {
     if (level >= SHOAL_ISA_AVX512) return &shoal_kernels_avx512;
     if (level >= SHOAL_ISA_AVX2) return &shoal_kernels_avx2;
 #endif
+    (void)level;
     return &shoal_kernels_generic;
 }
 

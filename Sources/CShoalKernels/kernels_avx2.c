@@ -1,4 +1,4 @@
-// AVX2 + FMA kernels: 8-wide vectors, 16 registers, so a 4 x 2 GEMM tile (8 accumulators).
+// AVX2 + FMA kernels: 8-wide vectors and 16 registers, so a 4-row x 2-token GEMM tile.
 #if defined(__x86_64__)
 #define SHOAL_VW 8
 #define SHOAL_TT 2

@@ -1,4 +1,4 @@
-// AVX-512 kernels: 16-wide vectors, 32 registers, so a 4 x 6 GEMM tile (24 accumulators).
+// AVX-512 kernels: 16-wide vectors and 32 registers, so a 4-row x 6-token GEMM tile.
 #if defined(__x86_64__)
 #define SHOAL_VW 16
 #define SHOAL_TT 6

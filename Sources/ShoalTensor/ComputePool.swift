@@ -12,15 +12,16 @@ import Darwin
 /// A fixed set of OS threads for matrix work: `threads - 1` workers created once, plus the
 /// thread that calls `parallelFor`, which takes part.
 ///
-/// A dispatch costs a few microseconds: workers spin on a generation counter for a while after
-/// each job (the next matrix product of a token usually follows within microseconds) and only
-/// then sleep on a condition variable. One thread at a time may call `parallelFor`.
+/// A dispatch costs well under a microsecond when workers are awake: after each job they poll a
+/// generation counter for a while (a token's next matrix product usually follows within
+/// microseconds) and only then sleep on a condition variable. Chunks are claimed, not assigned,
+/// so the caller never waits for a worker that is still waking up: it runs the chunks itself.
+/// One thread at a time may call `parallelFor`.
 ///
-/// `@unchecked Sendable`: all shared state is atomics or the mutex-guarded condition, and the
-/// job slots are written only while every worker is idle (see `parallelFor`).
+/// `@unchecked Sendable`: all state shared with the workers is atomic or guarded by its mutex.
 public final class ComputePool: @unchecked Sendable {
     private let state: PoolState
-    private var workers: [pthread_t] = []
+    private let workers: [pthread_t]
 
     /// Threads that run a `parallelFor`, the caller's included.
     public var threadCount: Int { state.threads }
@@ -28,14 +29,13 @@ public final class ComputePool: @unchecked Sendable {
     /// Starts `threads - 1` worker threads (`threads` >= 1; 1 means everything runs inline).
     public init(threads: Int) {
         precondition(threads >= 1, "a pool needs at least the calling thread")
-        state = PoolState(threads: threads)
-        for index in 1..<threads {
-            workers.append(spawnWorker(state, index: index))
-        }
+        let state = PoolState(threads: threads)
+        self.state = state
+        workers = (1..<threads).map { _ in spawnWorker(state) }
     }
 
-    /// Runs `body(i)` for every `i` in `0..<count`, split into `threadCount` contiguous chunks
-    /// (the caller runs the first), and returns when all have finished.
+    /// Runs `body(i)` for every `i` in `0..<count`, split into `threadCount` contiguous chunks,
+    /// and returns when all have finished. Not reentrant: `body` must not call `parallelFor`.
     public func parallelFor(_ count: Int, _ body: (Int) -> Void) {
         if count <= 0 { return }
         if state.threads == 1 || count == 1 {
@@ -43,9 +43,10 @@ public final class ComputePool: @unchecked Sendable {
             return
         }
         precondition(!state.busy.exchange(true, ordering: .acquiring), "parallelFor is not reentrant")
-        // Sound: workers reach `body` only through this pointer, and we return only after every
-        // worker has finished its chunk and dropped its copy (pending == 0), so the closure never
-        // outlives this call; withoutActuallyEscaping checks exactly that on the way out.
+        // Sound: a worker reaches `body` only through this pointer, only after claiming a chunk of
+        // this call, and we return only once every chunk has finished (workers drop their copy
+        // of `body` first), so the closure never outlives the call; withoutActuallyEscaping
+        // checks exactly that on the way out.
         withoutActuallyEscaping(body) { body in
             withUnsafePointer(to: body) { pointer in
                 state.dispatch(UnsafeRawPointer(pointer), count: count)
@@ -63,16 +64,19 @@ public final class ComputePool: @unchecked Sendable {
 /// The state the caller and the workers share; workers hold it, not the pool, so the pool's
 /// `deinit` runs when its owner lets go.
 private final class PoolState: @unchecked Sendable {
+    /// Threads, and chunks per job.
     let threads: Int
-    /// Bumped once per job (and once to stop): workers wait for it to move.
+    /// Bumped once per job (and once to stop): idle workers wait for it to move.
     let generation = Atomic<Int>(0)
-    /// Workers still running the current job.
-    let pending = Atomic<Int>(0)
+    /// The next unclaimed chunk of the current job; >= threads once all are claimed.
+    let next = Atomic<Int>(Int.max / 2)
+    /// Chunks of the current job that have finished.
+    let done = Atomic<Int>(0)
     /// Workers asleep (or about to be) on `wake`: the caller signals only if this is nonzero.
     let sleepers = Atomic<Int>(0)
     let stopping = Atomic<Bool>(false)
     let busy = Atomic<Bool>(false)
-    /// The job: address of the caller's `(Int) -> Void` and its count, published by `generation`.
+    /// The job: address of the caller's `(Int) -> Void` and its count, published by `next`.
     let body = Atomic<UInt>(0)
     let count = Atomic<Int>(0)
     let mutex: UnsafeMutablePointer<pthread_mutex_t>
@@ -98,18 +102,22 @@ private final class PoolState: @unchecked Sendable {
     }
 
     func dispatch(_ job: UnsafeRawPointer, count: Int) {
+        // Every chunk of the previous job has finished, so a worker still looking at `next`
+        // claims nothing until this store opens the new job to it.
         body.store(UInt(bitPattern: Int(bitPattern: job)), ordering: .relaxed)
         self.count.store(count, ordering: .relaxed)
-        pending.store(threads - 1, ordering: .relaxed)
+        done.store(0, ordering: .relaxed)
+        next.store(0, ordering: .releasing)
         // Sequentially consistent with the worker's `sleepers` increment: either it sees the new
         // generation before sleeping, or we see it asleep and signal.
         generation.add(1, ordering: .sequentiallyConsistent)
         if sleepers.load(ordering: .sequentiallyConsistent) > 0 { broadcast() }
-        runChunk(0)
+        runChunks()
         var polls = 0
-        while pending.load(ordering: .acquiring) > 0 {
+        while done.load(ordering: .acquiring) < threads {
             polls += 1
-            if polls & 1023 == 0 { sched_yield() } else { shoal_spin_pause() }
+            // Yielding now and then lets a descheduled worker run when threads outnumber cores.
+            if polls & 63 == 0 { sched_yield() } else { shoal_spin_pause() }
         }
     }
 
@@ -125,8 +133,20 @@ private final class PoolState: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
-    /// Chunk `part` of `threads` contiguous chunks of `0..<count`.
-    func runChunk(_ part: Int) {
+    /// Claims and runs chunks of the current job until none are left.
+    func runChunks() {
+        while true {
+            let chunk = next.wrappingAdd(1, ordering: .acquiring).oldValue
+            if chunk >= threads { return }
+            runChunk(chunk)
+            done.add(1, ordering: .releasing)
+        }
+    }
+
+    /// Chunk `part` of `threads` contiguous chunks of `0..<count`. Not inlined, so the copy of
+    /// `body` is released here, before the caller can see the chunk counted as done.
+    @inline(never)
+    private func runChunk(_ part: Int) {
         let count = self.count.load(ordering: .relaxed)
         let start = count * part / threads, end = count * (part + 1) / threads
         if start == end { return }
@@ -135,13 +155,12 @@ private final class PoolState: @unchecked Sendable {
         for i in start..<end { body(i) }
     }
 
-    func workerLoop(_ part: Int) {
+    func workerLoop() {
         var seen = 0
         while true {
             seen = waitForGeneration(after: seen)
             if stopping.load(ordering: .acquiring) { return }
-            runChunk(part)
-            pending.subtract(1, ordering: .releasing)
+            runChunks()
         }
     }
 
@@ -155,6 +174,7 @@ private final class PoolState: @unchecked Sendable {
             polls += 1
             if polls & 63 != 0 { shoal_spin_pause(); continue }
             if clock.now >= deadline { break }
+            sched_yield()
         }
         pthread_mutex_lock(mutex)
         sleepers.add(1, ordering: .sequentiallyConsistent)
@@ -169,20 +189,13 @@ private final class PoolState: @unchecked Sendable {
     }
 }
 
-/// What a new worker thread needs; passed through pthread_create's context pointer.
-private final class WorkerStart {
-    let state: PoolState
-    let part: Int
-    init(state: PoolState, part: Int) { self.state = state; self.part = part }
-}
-
-private func spawnWorker(_ state: PoolState, index: Int) -> pthread_t {
-    let context = Unmanaged.passRetained(WorkerStart(state: state, part: index)).toOpaque()
+private func spawnWorker(_ state: PoolState) -> pthread_t {
+    // The worker's retain of the state, released when its loop ends.
+    let context = Unmanaged.passRetained(state).toOpaque()
     #if canImport(Darwin)
     var thread: pthread_t?
     let rc = pthread_create(&thread, nil, { context in
-        let start = Unmanaged<WorkerStart>.fromOpaque(context).takeRetainedValue()
-        start.state.workerLoop(start.part)
+        Unmanaged<PoolState>.fromOpaque(context).takeRetainedValue().workerLoop()
         return nil
     }, context)
     precondition(rc == 0 && thread != nil, "pthread_create failed: \(rc)")
@@ -190,8 +203,7 @@ private func spawnWorker(_ state: PoolState, index: Int) -> pthread_t {
     #else
     var thread = pthread_t()
     let rc = pthread_create(&thread, nil, { context in
-        let start = Unmanaged<WorkerStart>.fromOpaque(context!).takeRetainedValue()
-        start.state.workerLoop(start.part)
+        Unmanaged<PoolState>.fromOpaque(context!).takeRetainedValue().workerLoop()
         return nil
     }, context)
     precondition(rc == 0, "pthread_create failed: \(rc)")

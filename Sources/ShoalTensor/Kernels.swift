@@ -9,6 +9,7 @@ public struct MatVec {
     /// y `[rows]`.
     public var y: UnsafeMutablePointer<Float>
 
+    /// A product reading `x[0..<matrix.cols]` and writing `y[0..<matrix.rows]`.
     public init(matrix: Matrix, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         self.matrix = matrix
         self.x = x
@@ -22,13 +23,16 @@ public struct MatMul {
     public var matrix: Matrix
     /// x `[n, ldx]`, of which the first `cols` of each row are read.
     public var x: UnsafePointer<Float>
+    /// Floats from one token's x to the next (>= cols).
     public var ldx: Int
     /// Tokens.
     public var n: Int
     /// y `[n, ldy]`, of which the first `rows` of each row are written.
     public var y: UnsafeMutablePointer<Float>
+    /// Floats from one token's y to the next (>= rows).
     public var ldy: Int
 
+    /// A product over `n` tokens; strides are in floats.
     public init(matrix: Matrix, x: UnsafePointer<Float>, ldx: Int, n: Int,
                 y: UnsafeMutablePointer<Float>, ldy: Int) {
         self.matrix = matrix
@@ -151,7 +155,8 @@ public enum Kernels {
 
     static func gemm(_ job: MatMul, rows: Range<Int>) {
         let W = job.matrix
-        precondition(job.ldx >= W.cols && job.ldy >= W.rows && job.n >= 0, "bad MatMul strides")
+        precondition(job.n >= 0 && (job.n <= 1 || (job.ldx >= W.cols && job.ldy >= W.rows)),
+                     "MatMul rows overlap: ldx < cols or ldy < rows")
         switch W.dtype {
         case .f32:
             shoal_gemm_f32(W.base.assumingMemoryBound(to: Float.self), W.cols, job.x, job.ldx,

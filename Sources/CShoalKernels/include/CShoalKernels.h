@@ -19,8 +19,8 @@ enum {
     SHOAL_ISA_AVX512 = 2,
 };
 
-/// Rows a kernel call should start on a multiple of (relative to row 0) for full tiles.
-#define SHOAL_ROW_TILE 4
+/// Rows a kernel call should start on a multiple of (counting from row 0) for full tiles.
+#define SHOAL_ROW_TILE 8
 
 /// Name of the instruction set in use: "avx512", "avx2" or "generic".
 const char *shoal_kernels_isa(void);

@@ -1,0 +1,109 @@
+import CGRPCCore
+import Foundation
+
+/// A client connection to one gRPC server, carrying unary and server-streaming calls whose
+/// messages are opaque bytes.
+///
+/// The channel owns a `grpc_channel`, a completion queue and that queue's polling thread. Each
+/// method is registered with the core on first use (`grpc_channel_register_call`), and its name
+/// is kept until the channel is destroyed. `close()` (or `deinit`) cancels calls still running;
+/// they then fail with `RPCStatus` `.cancelled`. Calls after `close()` fail with `.unavailable`.
+public final class RPCChannel: @unchecked Sendable {
+    /// The `host:port` this channel connects to.
+    public let target: String
+    private let queue: CompletionQueue
+    private let calls = CallRegistry<ClientCall>()
+    // `lock` guards `raw` and `methods` (the core's registered-call handles; the names they were
+    // registered with are interned by `GRPCLibrary` and outlive the channel).
+    private let lock = NSLock()
+    private var raw: OpaquePointer?  // grpc_channel*
+    private var methods: [String: UnsafeMutableRawPointer] = [:]
+
+    /// Creates a channel to `target` (`"host:port"`). Connecting is lazy: an unreachable server
+    /// shows up as calls failing with `.unavailable`.
+    /// - Parameter maxReceiveBytes: the largest response message accepted (default 64 MiB);
+    ///   a larger one fails the call with `.resourceExhausted`.
+    public init(target: String, security: RPCSecurity = .insecure, maxReceiveBytes: Int = 64 << 20) {
+        GRPCLibrary.retain()
+        self.target = target
+        queue = CompletionQueue(name: "shoal.rpc.channel")
+        let credentials = security.makeChannelCredentials()
+        raw = withChannelArguments(maxReceiveBytes: maxReceiveBytes) {
+            grpc_channel_create(target, credentials, $0)
+        }
+        grpc_channel_credentials_release(credentials)
+    }
+
+    deinit { close() }
+
+    /// Cancels the calls still running, destroys the channel and joins its completion-queue
+    /// thread. Idempotent.
+    public func close() {
+        guard let channel = lock.withLock({ () -> OpaquePointer? in
+            defer { raw = nil }
+            return raw
+        }) else { return }
+        for call in calls.removeAll() { call.abandon() }
+        grpc_channel_destroy(channel)
+        queue.shutdownAndJoin()
+        GRPCLibrary.release()
+    }
+
+    /// Calls `method` (`"/package.Service/Method"`) with one request and returns the one
+    /// response.
+    ///
+    /// - Throws: `RPCStatus` for every non-OK end: `.deadlineExceeded` when `timeout` passes,
+    ///   `.unavailable` when the server cannot be reached or the channel is closed,
+    ///   `.cancelled` when the calling task is cancelled, otherwise what the server sent.
+    public func unary(_ method: String, request: RPCPayload, timeout: Duration) async throws -> RPCPayload {
+        guard let call = makeCall(method, timeout: timeout) else {
+            throw RPCStatus(code: .unavailable, message: "channel closed")
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                call.startUnary(request, continuation)
+            }
+        } onCancel: {
+            call.cancel()
+        }
+    }
+
+    /// Calls `method` with one request and returns the server's stream of responses.
+    ///
+    /// The stream finishes normally when the server ends with OK, and throws `RPCStatus`
+    /// otherwise (see `unary`). Cancelling the consuming task, or dropping the stream, cancels
+    /// the call; `AsyncThrowingStream` then ends the iteration (it returns nil rather than
+    /// throwing).
+    public func serverStreaming(
+        _ method: String, request: RPCPayload, timeout: Duration
+    ) -> AsyncThrowingStream<RPCPayload, Error> {
+        let (stream, continuation) = AsyncThrowingStream<RPCPayload, Error>.makeStream()
+        guard let call = makeCall(method, timeout: timeout) else {
+            continuation.finish(throwing: RPCStatus(code: .unavailable, message: "channel closed"))
+            return stream
+        }
+        continuation.onTermination = { termination in
+            if case .cancelled = termination { call.cancel() }
+        }
+        call.startServerStreaming(request, continuation)
+        return stream
+    }
+
+    /// A new call on this channel's completion queue, or nil once the channel is closed.
+    private func makeCall(_ method: String, timeout: Duration) -> ClientCall? {
+        let deadline = grpcDeadline(after: timeout)
+        return lock.withLock { () -> ClientCall? in
+            guard let channel = raw else { return nil }
+            let handle: UnsafeMutableRawPointer
+            if let registered = methods[method] {
+                handle = registered
+            } else {
+                handle = grpc_channel_register_call(channel, GRPCLibrary.methodName(method), nil, nil)
+                methods[method] = handle
+            }
+            let call = grpc_channel_create_registered_call(
+                channel, nil, cgrpc_propagate_defaults(), queue.raw, handle, deadline, nil)!
+            return ClientCall(raw: call, registry: calls)
+        }
+    }
+}

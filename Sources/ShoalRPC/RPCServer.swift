@@ -1,0 +1,80 @@
+import CGRPCCore
+import Foundation
+
+/// A gRPC server whose handlers take and return opaque bytes.
+///
+/// Prefer `withServer`, which ties the server's life to a closure. Daemons use `start` and
+/// `shutdown(grace:)`; dropping the last reference to a running server shuts it down at once.
+/// Each handler runs in its own task; a handler that throws or is slow harms no other call.
+public final class RPCServer: Sendable {
+    /// Answers one request with one response.
+    public typealias UnaryHandler = @Sendable (RPCPayload, RPCServerContext) async throws -> RPCPayload
+    /// Answers one request with a stream of responses written through the writer.
+    public typealias StreamingHandler = @Sendable (RPCPayload, RPCServerContext, RPCStreamWriter) async throws -> Void
+
+    private let core: ServerCore
+
+    /// The port the server listens on (the one chosen by the system when asked for port 0).
+    public var port: Int { core.port }
+
+    private init(core: ServerCore) { self.core = core }
+
+    deinit { core.shutdownNow() }
+
+    /// Binds `listen` (`"host:port"`, port 0 for any free port) and starts serving.
+    ///
+    /// Methods are full names, `"/package.Service/Method"`; calls to any other method end with
+    /// `.unimplemented`. A handler that throws `RPCStatus` sends exactly that status; any other
+    /// error becomes `.internal` with the error's description.
+    /// - Parameter maxReceiveBytes: the largest request accepted (default 64 MiB); a larger one
+    ///   fails that call with `.resourceExhausted`.
+    /// - Throws: `RPCError.bindFailed` when the address cannot be bound,
+    ///   `RPCError.serverTLSNeedsKeyAndCertificate` for incomplete TLS settings.
+    public static func start(
+        listen: String,
+        security: RPCSecurity = .insecure,
+        maxReceiveBytes: Int = 64 << 20,
+        unary: [String: UnaryHandler] = [:],
+        serverStreaming: [String: StreamingHandler] = [:]
+    ) throws -> RPCServer {
+        RPCServer(core: try ServerCore(
+            listen: listen, security: security, maxReceiveBytes: maxReceiveBytes,
+            unary: unary, serverStreaming: serverStreaming))
+    }
+
+    /// Runs `body` with a started server and shuts the server down when `body` returns or
+    /// throws, cancelling calls still running. Parameters as for `start`.
+    @discardableResult
+    public static func withServer<T>(
+        listen: String = "127.0.0.1:0",
+        security: RPCSecurity = .insecure,
+        maxReceiveBytes: Int = 64 << 20,
+        unary: [String: UnaryHandler] = [:],
+        serverStreaming: [String: StreamingHandler] = [:],
+        body: (RPCServer) async throws -> T
+    ) async throws -> T {
+        let server = try start(
+            listen: listen, security: security, maxReceiveBytes: maxReceiveBytes,
+            unary: unary, serverStreaming: serverStreaming)
+        do {
+            let result = try await body(server)
+            await server.shutdown(grace: .zero)
+            return result
+        } catch {
+            await server.shutdown(grace: .zero)
+            throw error
+        }
+    }
+
+    /// Stops accepting calls, lets running calls finish for up to `grace`, then cancels the rest
+    /// (their clients see `.cancelled`, their handlers see cancellation) and releases everything.
+    /// Idempotent; returns when the server is gone.
+    public func shutdown(grace: Duration = .seconds(5)) async {
+        guard core.beginShutdown() else { return }
+        let deadline = ContinuousClock.now + grace
+        while !core.shutdownNotified, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+        core.completeShutdown()
+    }
+}

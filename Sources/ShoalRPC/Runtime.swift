@@ -1,0 +1,141 @@
+// The process-wide gRPC runtime and the completion-queue threads that resume Swift code.
+import CGRPCCore
+import Foundation
+
+/// Counts the channels and servers alive so that `grpc_init` runs before the first and
+/// `grpc_shutdown_blocking` after the last, once each of them has destroyed its calls,
+/// drained its completion queue and joined its polling thread (NOTES.md: shutdown order).
+enum GRPCLibrary {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var users = 0
+    nonisolated(unsafe) private static var methodNames: [String: UnsafeMutablePointer<CChar>] = [:]
+
+    static func retain() {
+        lock.withLock {
+            if users == 0 { grpc_init() }
+            users += 1
+        }
+    }
+
+    static func release() {
+        lock.withLock {
+            users -= 1
+            guard users == 0 else { return }
+            grpc_shutdown_blocking()
+            for name in methodNames.values { free(name) }
+            methodNames = [:]
+        }
+    }
+
+    /// The C string for a method name, for `grpc_channel_register_call` and
+    /// `grpc_server_register_method`, which keep the pointer without copying it. The core may
+    /// still touch it while a cancelled call winds down after its channel or server is destroyed,
+    /// so each distinct name is kept until the library itself shuts down. Call between `retain`
+    /// and `release`.
+    static func methodName(_ name: String) -> UnsafeMutablePointer<CChar> {
+        lock.withLock {
+            if let interned = methodNames[name] { return interned }
+            let interned = strdup(name)!
+            methodNames[name] = interned
+            return interned
+        }
+    }
+}
+
+/// The work to do when the operation a completion-queue tag names completes.
+///
+/// A tag is passed to C as a retained pointer (`retainedOpaque`); the polling thread takes that
+/// retain back when the event arrives. If the C call that would have queued it fails, the caller
+/// must give the retain back with `releaseUnqueued` (NOTES.md: each tag holds a retain).
+final class CompletionTag: @unchecked Sendable {
+    let onComplete: @Sendable (_ success: Bool) -> Void
+
+    init(_ onComplete: @escaping @Sendable (_ success: Bool) -> Void) {
+        self.onComplete = onComplete
+    }
+
+    var retainedOpaque: UnsafeMutableRawPointer {
+        Unmanaged.passRetained(self).toOpaque()
+    }
+
+    static func releaseUnqueued(_ tag: UnsafeMutableRawPointer) {
+        Unmanaged<CompletionTag>.fromOpaque(tag).release()
+    }
+}
+
+/// One `grpc_completion_queue` and the one thread that polls it.
+///
+/// `@unchecked Sendable` is sound because the queue pointer never changes, the polling thread is
+/// the only caller of `grpc_completion_queue_next`, and every tag it pops is owned by exactly one
+/// `CompletionTag` whose handler runs on that thread alone.
+final class CompletionQueue: @unchecked Sendable {
+    /// The `grpc_completion_queue*`, created for `next` polling.
+    let raw: OpaquePointer
+    private let drained = DispatchSemaphore(value: 0)
+    private let stateLock = NSLock()
+    private var isShutDown = false
+
+    init(name: String) {
+        raw = grpc_completion_queue_create_for_next(nil)
+        // The thread keeps `self` alive until it has seen GRPC_QUEUE_SHUTDOWN.
+        let thread = Thread { [self] in poll() }
+        thread.name = name
+        thread.start()
+    }
+
+    private func poll() {
+        while true {
+            let event = grpc_completion_queue_next(raw, gpr_inf_future(GPR_CLOCK_REALTIME), nil)
+            switch event.type {
+            case GRPC_OP_COMPLETE:
+                let tag = Unmanaged<CompletionTag>.fromOpaque(event.tag).takeRetainedValue()
+                tag.onComplete(event.success != 0)
+            case GRPC_QUEUE_SHUTDOWN:
+                drained.signal()
+                return
+            default:
+                continue
+            }
+        }
+    }
+
+    /// Shuts the queue down, waits until every queued tag has been delivered, joins the polling
+    /// thread and destroys the queue (before the owner releases the library). Every call and server using the queue must be finished or cancelled first,
+    /// and this must not run on the polling thread itself.
+    func shutdownAndJoin() {
+        let first = stateLock.withLock { () -> Bool in
+            defer { isShutDown = true }
+            return !isShutDown
+        }
+        guard first else { return }
+        grpc_completion_queue_shutdown(raw)
+        drained.wait()
+        // The polling thread has returned from its last `next`: nothing touches the queue now.
+        grpc_completion_queue_destroy(raw)
+    }
+}
+
+extension Duration {
+    /// This duration in whole nanoseconds, saturating at `Int64.max`.
+    var saturatingNanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        if seconds >= Int64.max / 1_000_000_000 { return Int64.max }
+        if seconds < 0 { return 0 }
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
+
+/// The absolute gRPC deadline `timeout` from now, on the monotonic clock.
+func grpcDeadline(after timeout: Duration) -> gpr_timespec {
+    let ns = timeout.saturatingNanoseconds
+    if ns == Int64.max { return gpr_inf_future(GPR_CLOCK_MONOTONIC) }
+    return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_nanos(ns, GPR_TIMESPAN))
+}
+
+/// A string from a `grpc_slice` (status details).
+func string(from slice: UnsafeMutablePointer<grpc_slice>) -> String {
+    let count = cgrpc_slice_length(slice)
+    guard count > 0 else { return "" }
+    let bytes = UnsafeBufferPointer(start: cgrpc_slice_start(slice), count: count)
+    return String(decoding: bytes, as: UTF8.self)
+}

@@ -1,0 +1,182 @@
+import CGRPCCore
+import Foundation
+
+/// One server-side `grpc_call`: its close notification, the handler's task and its replies.
+///
+/// As for `ClientCall`, everything a batch writes into is allocated here and each batch's tag
+/// retains this object; `lock` serializes batches, cancellation and unref, which with the single
+/// polling thread per queue is what makes `@unchecked Sendable` sound.
+final class ServerCall: @unchecked Sendable {
+    let context: RPCServerContext
+    private let registry: CallRegistry<ServerCall>
+    private let lock = NSLock()
+    private var raw: OpaquePointer?  // grpc_call*; nil once unreferenced
+    private var batchesInFlight = 0
+    private var closeReceived = false
+    private var initialMetadataSent = false
+    private var sendInFlight = false
+    private var handlerTask: Task<Void, Never>?
+
+    private let cancelled = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+    private let statusDetails = UnsafeMutablePointer<grpc_slice>.allocate(capacity: 1)
+    // Owned by the one send or status batch in flight (at most one of each at a time).
+    private var messageBuffer: UnsafeMutablePointer<grpc_byte_buffer>?
+
+    init(raw: OpaquePointer, context: RPCServerContext, registry: CallRegistry<ServerCall>) {
+        self.raw = raw
+        self.context = context
+        self.registry = registry
+        cancelled.initialize(to: 0)
+        statusDetails.initialize(to: grpc_empty_slice())
+        registry.insert(self)
+        startReceiveClose()
+    }
+
+    deinit {
+        if let messageBuffer { grpc_byte_buffer_destroy(messageBuffer) }
+        grpc_slice_unref(statusDetails.pointee)
+        statusDetails.deallocate()
+        cancelled.deallocate()
+    }
+
+    /// Runs `body` in a new task that is cancelled when the call is.
+    func startHandler(_ body: @escaping @Sendable () async -> Void) {
+        let task = Task { await body() }
+        let alreadyCancelled = lock.withLock { () -> Bool in
+            handlerTask = task
+            return context.isCancelled
+        }
+        if alreadyCancelled { task.cancel() }
+    }
+
+    /// The close notification: after the status went out, or on cancellation of any kind.
+    private func startReceiveClose() {
+        var ops = [grpc_op()]
+        ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER
+        ops[0].data.recv_close_on_server.cancelled = cancelled
+        _ = startBatch(ops, CompletionTag { [self] _ in
+            let task = lock.withLock { () -> Task<Void, Never>? in
+                closeReceived = true
+                batchesInFlight -= 1
+                return cancelled.pointee != 0 ? handlerTask : nil
+            }
+            if cancelled.pointee != 0 {
+                context.markCancelled()
+                task?.cancel()
+            }
+            finishIfDone()
+        })
+    }
+
+    /// Sends one streamed message; resumes `continuation` when the core has taken it.
+    func sendMessage(_ payload: RPCPayload, _ continuation: CheckedContinuation<Void, Error>) {
+        let refusal = lock.withLock { () -> Error? in
+            guard !sendInFlight else { return RPCError.concurrentSend }
+            guard raw != nil, !closeReceived else { return RPCStatus(code: .cancelled, message: "call ended") }
+            sendInFlight = true
+            return nil
+        }
+        if let refusal { return continuation.resume(throwing: refusal) }
+        messageBuffer = payload.makeByteBuffer()
+        var ops = [grpc_op](repeating: grpc_op(), count: 2)
+        ops[0].op = GRPC_OP_SEND_MESSAGE
+        ops[0].data.send_message.send_message = messageBuffer
+        ops[1].op = GRPC_OP_SEND_INITIAL_METADATA
+        let includeMetadata = lock.withLock { defer { initialMetadataSent = true }; return !initialMetadataSent }
+        let started = startBatch(includeMetadata ? ops : [ops[0]], CompletionTag { [self] success in
+            releaseMessageBuffer()
+            lock.withLock {
+                sendInFlight = false
+                batchesInFlight -= 1
+            }
+            finishIfDone()
+            if success {
+                continuation.resume()
+            } else {
+                continuation.resume(throwing: RPCStatus(code: .cancelled, message: "call ended"))
+            }
+        })
+        if !started {
+            releaseMessageBuffer()
+            lock.withLock { sendInFlight = false }
+            continuation.resume(throwing: RPCStatus(code: .cancelled, message: "call ended"))
+        }
+    }
+
+    /// Ends the call with `status`, preceded by `response` for a unary call. Dropped silently if
+    /// the call already ended.
+    func finish(_ status: RPCStatus, response: RPCPayload? = nil) {
+        let includeMetadata = lock.withLock { defer { initialMetadataSent = true }; return !initialMetadataSent }
+        grpc_slice_unref(statusDetails.pointee)
+        statusDetails.pointee = status.message.isEmpty
+            ? grpc_empty_slice() : grpc_slice_from_copied_string(status.message)
+        var ops = [grpc_op()]
+        ops[0].op = GRPC_OP_SEND_STATUS_FROM_SERVER
+        ops[0].data.send_status_from_server.status = status.code.grpc
+        ops[0].data.send_status_from_server.status_details = statusDetails
+        if includeMetadata {
+            var metadata = grpc_op()
+            metadata.op = GRPC_OP_SEND_INITIAL_METADATA
+            ops.append(metadata)
+        }
+        if let response {
+            messageBuffer = response.makeByteBuffer()
+            var message = grpc_op()
+            message.op = GRPC_OP_SEND_MESSAGE
+            message.data.send_message.send_message = messageBuffer
+            ops.append(message)
+        }
+        let started = startBatch(ops, CompletionTag { [self] _ in
+            releaseMessageBuffer()
+            lock.withLock { batchesInFlight -= 1 }
+            finishIfDone()
+        })
+        if !started { releaseMessageBuffer() }
+    }
+
+    /// The server is going away: cancel the handler and drop our reference now. Batches in flight
+    /// still complete on the queue; later ones are refused.
+    func abandon() {
+        let task = lock.withLock { () -> Task<Void, Never>? in
+            if let call = raw {
+                if !closeReceived { _ = grpc_call_cancel(call, nil) }
+                grpc_call_unref(call)
+                raw = nil
+            }
+            return handlerTask
+        }
+        context.markCancelled()
+        task?.cancel()
+    }
+
+    private func startBatch(_ ops: [grpc_op], _ tag: CompletionTag) -> Bool {
+        lock.withLock {
+            guard let call = raw else { return false }
+            let opaque = tag.retainedOpaque
+            let result = ops.withUnsafeBufferPointer { grpc_call_start_batch(call, $0.baseAddress, $0.count, opaque, nil) }
+            guard result == GRPC_CALL_OK else {
+                CompletionTag.releaseUnqueued(opaque)
+                return false
+            }
+            batchesInFlight += 1
+            return true
+        }
+    }
+
+    /// Unreferences the call once it is closed and no batch of ours is left in flight.
+    private func finishIfDone() {
+        let finished = lock.withLock { () -> Bool in
+            guard closeReceived, batchesInFlight == 0, let call = raw else { return false }
+            grpc_call_unref(call)
+            raw = nil
+            handlerTask = nil
+            return true
+        }
+        if finished { registry.remove(self) }
+    }
+
+    private func releaseMessageBuffer() {
+        if let buffer = messageBuffer { grpc_byte_buffer_destroy(buffer) }
+        messageBuffer = nil
+    }
+}

@@ -1,0 +1,101 @@
+import Foundation
+import ShoalRPC
+import Testing
+
+@Suite(.timeLimit(.minutes(1)))
+struct UnaryTests {
+    @Test(arguments: [1, 23, 24, 8 << 10, 1 << 20, 64 << 20])
+    func echoIsByteExact(size: Int) async throws {
+        try await withTestServer { _, channel in
+            let request = patterned(size)
+            let response = try await channel.unary(Method.echo, request: request, timeout: .seconds(20))
+            #expect(response.count == size)
+            #expect(sameBytes(request, response))
+        }
+    }
+
+    @Test func payloadFromBytesAndArray() {
+        let bytes: [UInt8] = Array(0..<100)
+        let payload = RPCPayload(bytes)
+        #expect(payload.count == 100)
+        #expect(payload.withUnsafeBytes { Array($0) } == bytes)
+        let small = bytes.withUnsafeBytes { RPCPayload(UnsafeRawBufferPointer(rebasing: $0[0..<5])) }
+        #expect(small.withUnsafeBytes { Array($0) } == [0, 1, 2, 3, 4])
+        #expect(RPCPayload([]).count == 0)
+    }
+
+    @Test func emptyMessageRoundTrips() async throws {
+        try await withTestServer { _, channel in
+            let response = try await channel.unary(Method.echo, request: RPCPayload([]), timeout: .seconds(5))
+            #expect(response.count == 0)
+        }
+    }
+
+    @Test func twoHundredConcurrentCallsOnOneChannel() async throws {
+        try await withTestServer { _, channel in
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in 0..<200 {
+                    group.addTask {
+                        let response = try await channel.unary(Method.echo, request: payload(UInt32(i)), timeout: .seconds(10))
+                        return uint32(response) == UInt32(i)
+                    }
+                }
+                var correct = 0
+                for try await ok in group where ok { correct += 1 }
+                #expect(correct == 200)
+            }
+        }
+    }
+
+    @Test func samePayloadToThreeServers() async throws {
+        let request = patterned(64 << 10)
+        try await withTestServer { _, a in
+            try await withTestServer { _, b in
+                try await withTestServer { _, c in
+                    async let ra = a.unary(Method.echo, request: request, timeout: .seconds(5))
+                    async let rb = b.unary(Method.echo, request: request, timeout: .seconds(5))
+                    async let rc = c.unary(Method.echo, request: request, timeout: .seconds(5))
+                    for response in try await [ra, rb, rc] { #expect(sameBytes(request, response)) }
+                }
+            }
+        }
+        #expect(request.count == 64 << 10)  // still valid after the servers and channels are gone
+    }
+
+    @Test func handlerStatusReachesClientExactly() async throws {
+        try await withTestServer { _, channel in
+            let failed = await status { try await channel.unary(Method.fail, request: payload(1), timeout: .seconds(5)) }
+            #expect(failed == RPCStatus(code: .invalidArgument, message: "layer 99 out of range"))
+            let crashed = await status { try await channel.unary(Method.crash, request: payload(1), timeout: .seconds(5)) }
+            #expect(crashed == RPCStatus(code: .internal, message: "boom"))
+            // The server is unharmed.
+            let after = try await channel.unary(Method.echo, request: payload(7), timeout: .seconds(5))
+            #expect(uint32(after) == 7)
+        }
+    }
+
+    @Test func unknownMethodIsUnimplemented() async throws {
+        try await withTestServer { _, channel in
+            let result = await status { try await channel.unary("/no.Such/Method", request: payload(1), timeout: .seconds(5)) }
+            #expect(result?.code == .unimplemented)
+        }
+    }
+
+    @Test func oversizedRequestIsRefused() async throws {
+        try await withTestServer(maxReceiveBytes: 1024) { _, channel in
+            let result = await status { try await channel.unary(Method.echo, request: patterned(2048), timeout: .seconds(5)) }
+            #expect(result?.code == .resourceExhausted)
+            let ok = try await channel.unary(Method.echo, request: patterned(1024), timeout: .seconds(5))
+            #expect(ok.count == 1024)
+        }
+    }
+
+    @Test func oversizedResponseIsRefused() async throws {
+        try await RPCServer.withServer(unary: [Method.echo: echo]) { server in
+            let channel = RPCChannel(target: "127.0.0.1:\(server.port)", maxReceiveBytes: 1000)
+            defer { channel.close() }
+            let result = await status { try await channel.unary(Method.echo, request: patterned(1001), timeout: .seconds(5)) }
+            #expect(result?.code == .resourceExhausted)
+        }
+    }
+}
