@@ -17,6 +17,11 @@ let package = Package(
             name: "CShoalKernels",
             cSettings: [.unsafeFlags(["-O3", "-ffp-contract=fast"])]
         ),
+        // The gRPC C core (Debian libgrpc-dev 1.51): a module map that links grpc and gpr, not
+        // pkg-config, whose abseil flags SwiftPM rejects (NOTES.md).
+        .systemLibrary(name: "CGRPCCore", providers: [.apt(["libgrpc-dev"])]),
+        // Channels, servers, calls, deadlines, TLS over the C core: bytes in, bytes out.
+        .target(name: "ShoalRPC", dependencies: ["CGRPCCore"]),
         // Storage, dtypes, safetensors, the compute pool and the kernels' Swift surface.
         .target(name: "ShoalTensor", dependencies: ["CShoalKernels"]),
         // SentencePiece BPE and the Mistral v1 chat format.
@@ -33,6 +38,7 @@ let package = Package(
         ),
         .executableTarget(name: "shoal", dependencies: ["ShoalCLI"]),
         .testTarget(name: "ShoalTensorTests", dependencies: ["ShoalTensor"]),
+        .testTarget(name: "ShoalRPCTests", dependencies: ["ShoalRPC"]),
         .testTarget(name: "ShoalTokenizerTests", dependencies: ["ShoalTokenizer"]),
         .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI"]),
     ],

@@ -29,7 +29,12 @@ static const struct shoal_kernel_table *table_for(int level) {
     return &shoal_kernels_generic;
 }
 
+// A level forced on one thread (tests compare every ISA while other tests run alongside in
+// the same process, so the choice must not leak into their threads); -1: the process default.
+static _Thread_local int thread_level = -1;
+
 static inline const struct shoal_kernel_table *table(void) {
+    if (__builtin_expect(thread_level >= 0, 0)) return table_for(thread_level);
     const struct shoal_kernel_table *t = atomic_load_explicit(&current, memory_order_acquire);
     if (__builtin_expect(t != NULL, 1)) return t;
     const struct shoal_kernel_table *expected = NULL;
@@ -46,6 +51,14 @@ int shoal_kernels_force_isa(int level) {
     const struct shoal_kernel_table *t = table_for(level < best ? level : best);
     atomic_store_explicit(&current, t, memory_order_release);
     return t->level;
+}
+
+int shoal_kernels_thread_isa(void) { return thread_level; }
+
+int shoal_kernels_set_thread_isa(int level) {
+    if (level < 0) return thread_level = -1;
+    int best = shoal_kernels_best_isa();
+    return thread_level = table_for(level < best ? level : best)->level;
 }
 
 void shoal_gemv_f32(const float *w, size_t cols, const float *x, float *y, size_t r0,

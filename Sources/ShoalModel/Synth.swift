@@ -103,7 +103,9 @@ public enum Synth {
         // Uniform on [-a, a] has variance a²/3.
         let a = (spec.std ?? 0.1) * Float(3).squareRoot()
         let center: Float = spec.std == nil ? 1 : 0
-        let block = 1 << 16
+        // Writes of 2 MiB and more let the page cache keep large folios, which the loader maps
+        // with huge pages (see SafetensorsFile).
+        let block = min(1 << 20, spec.count)
         var f = [Float](repeating: 0, count: block)
         var h = [UInt16](repeating: 0, count: block)
         var done = 0

@@ -58,6 +58,7 @@ public struct RPCStatus: Error, Sendable, Hashable, CustomStringConvertible {
         self.message = message
     }
 
+    /// `RPCStatus(code): message`.
     public var description: String {
         message.isEmpty ? "RPCStatus(\(code))" : "RPCStatus(\(code)): \(message)"
     }
@@ -74,6 +75,7 @@ public enum RPCError: Error, Sendable, Hashable, CustomStringConvertible {
     /// A streaming handler called `send` while its previous `send` had not finished.
     case concurrentSend
 
+    /// A one-line explanation.
     public var description: String {
         switch self {
         case .bindFailed(let address): "cannot listen on \(address)"

@@ -79,6 +79,8 @@ private final class PoolState: @unchecked Sendable {
     /// The job: address of the caller's `(Int) -> Void` and its count, published by `next`.
     let body = Atomic<UInt>(0)
     let count = Atomic<Int>(0)
+    /// The dispatching thread's forced kernel level (-1: none), applied by whoever runs a chunk.
+    let isa = Atomic<Int>(-1)
     let mutex: UnsafeMutablePointer<pthread_mutex_t>
     let wake: UnsafeMutablePointer<pthread_cond_t>
 
@@ -106,6 +108,7 @@ private final class PoolState: @unchecked Sendable {
         // claims nothing until this store opens the new job to it.
         body.store(UInt(bitPattern: Int(bitPattern: job)), ordering: .relaxed)
         self.count.store(count, ordering: .relaxed)
+        isa.store(Int(shoal_kernels_thread_isa()), ordering: .relaxed)
         done.store(0, ordering: .relaxed)
         next.store(0, ordering: .releasing)
         // Sequentially consistent with the worker's `sleepers` increment: either it sees the new
@@ -147,6 +150,8 @@ private final class PoolState: @unchecked Sendable {
     /// `body` is released here, before the caller can see the chunk counted as done.
     @inline(never)
     private func runChunk(_ part: Int) {
+        let level = Int32(isa.load(ordering: .relaxed))
+        if shoal_kernels_thread_isa() != level { _ = shoal_kernels_set_thread_isa(level) }
         let count = self.count.load(ordering: .relaxed)
         let start = count * part / threads, end = count * (part + 1) / threads
         if start == end { return }

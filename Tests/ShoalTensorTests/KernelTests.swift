@@ -1,3 +1,4 @@
+import Foundation
 import CShoalKernels
 import ShoalTensor
 import Synchronization
@@ -19,11 +20,24 @@ import Testing
 
     /// Runs `body` once per supported instruction set, then restores the best one.
     func forEachISA(_ body: (String) throws -> Void) rethrows {
-        defer { _ = shoal_kernels_force_isa(shoal_kernels_best_isa()) }
+        defer { _ = shoal_kernels_set_thread_isa(-1) }
         for level in Self.levels {
-            #expect(Int(shoal_kernels_force_isa(Int32(level))) == level)
+            #expect(Int(shoal_kernels_set_thread_isa(Int32(level))) == level)
             try body(Kernels.isa)
         }
+    }
+
+    /// A level forced for one test's thread must not change what other threads compute.
+    @Test func forcedLevelStaysOnItsThread() {
+        let best = String(cString: shoal_kernels_isa())
+        _ = shoal_kernels_set_thread_isa(0)
+        defer { _ = shoal_kernels_set_thread_isa(-1) }
+        #expect(Kernels.isa == "generic")
+        nonisolated(unsafe) var elsewhere = ""
+        let thread = Thread { elsewhere = Kernels.isa }
+        thread.start()
+        while !thread.isFinished { usleep(1000) }
+        #expect(elsewhere == best)
     }
 
     @Test func isaNames() {

@@ -35,6 +35,14 @@ int shoal_kernels_best_isa(void);
 /// For tests: switching while kernels run on other threads is safe but mixes levels.
 int shoal_kernels_force_isa(int level);
 
+/// Uses `level` (clamped) on the calling thread only, or the process's choice again when
+/// `level` is negative; returns the level in force. `ComputePool` carries a caller's thread
+/// level to the threads that work for it, so tests can compare ISAs side by side with other work.
+int shoal_kernels_set_thread_isa(int level);
+
+/// The calling thread's forced level, or -1.
+int shoal_kernels_thread_isa(void);
+
 /// y[r] = W[r,:] · x for r in [r0, r1); W is row-major [rows, cols] float32.
 void shoal_gemv_f32(const float *w, size_t cols, const float *x, float *y,
                     size_t r0, size_t r1);
