@@ -9,6 +9,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // SIMD kernels with per-function ISA attributes and a runtime CPUID choice:
@@ -22,6 +23,9 @@ let package = Package(
         .systemLibrary(name: "CGRPCCore", providers: [.apt(["libgrpc-dev"])]),
         // Channels, servers, calls, deadlines, TLS over the C core: bytes in, bytes out.
         .target(name: "ShoalRPC", dependencies: ["CGRPCCore"]),
+        // The wire contract: messages generated from Protos/ (scripts/generate-protos), the
+        // activation codec, and validation of every field a peer sends.
+        .target(name: "ShoalProtocol", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // Storage, dtypes, safetensors, the compute pool and the kernels' Swift surface.
         .target(name: "ShoalTensor", dependencies: ["CShoalKernels"]),
         // SentencePiece BPE and the Mistral v1 chat format.
@@ -39,6 +43,7 @@ let package = Package(
         .executableTarget(name: "shoal", dependencies: ["ShoalCLI"]),
         .testTarget(name: "ShoalTensorTests", dependencies: ["ShoalTensor"]),
         .testTarget(name: "ShoalRPCTests", dependencies: ["ShoalRPC"]),
+        .testTarget(name: "ShoalProtocolTests", dependencies: ["ShoalProtocol"]),
         .testTarget(name: "ShoalTokenizerTests", dependencies: ["ShoalTokenizer"]),
         .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI"]),
     ],
