@@ -43,8 +43,8 @@ let package = Package(
         .executableTarget(name: "shoal", dependencies: ["ShoalCLI"]),
         .testTarget(name: "ShoalTensorTests", dependencies: ["ShoalTensor"]),
         .testTarget(name: "ShoalRPCTests", dependencies: ["ShoalRPC"]),
-        .testTarget(name: "ShoalProtocolTests", dependencies: ["ShoalProtocol"]),
-        .testTarget(name: "ShoalTokenizerTests", dependencies: ["ShoalTokenizer"]),
+        .testTarget(name: "ShoalProtocolTests", dependencies: ["ShoalProtocol", "ShoalTensor"]),
+        .testTarget(name: "ShoalTokenizerTests", dependencies: ["ShoalTokenizer", "ShoalTensor"]),
         .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI"]),
     ],
     swiftLanguageModes: [.v6]

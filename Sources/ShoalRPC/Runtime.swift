@@ -63,6 +63,20 @@ final class CompletionTag: @unchecked Sendable {
     }
 }
 
+/// Starts a batch of `ops` on `call` (nil once the call is unreferenced) with `tag`; false,
+/// with the tag's retain given back, when there is no call or the core refuses the batch.
+/// Callers hold their call's lock and count the batch in flight when this succeeds.
+func startCallBatch(_ call: OpaquePointer?, _ ops: [grpc_op], _ tag: CompletionTag) -> Bool {
+    guard let call else { return false }
+    let opaque = tag.retainedOpaque
+    let result = ops.withUnsafeBufferPointer { grpc_call_start_batch(call, $0.baseAddress, $0.count, opaque, nil) }
+    guard result == GRPC_CALL_OK else {
+        CompletionTag.releaseUnqueued(opaque)
+        return false
+    }
+    return true
+}
+
 /// One `grpc_completion_queue` and the one thread that polls it.
 ///
 /// `@unchecked Sendable` is sound because the queue pointer never changes, the polling thread is

@@ -151,13 +151,7 @@ final class ServerCall: @unchecked Sendable {
 
     private func startBatch(_ ops: [grpc_op], _ tag: CompletionTag) -> Bool {
         lock.withLock {
-            guard let call = raw else { return false }
-            let opaque = tag.retainedOpaque
-            let result = ops.withUnsafeBufferPointer { grpc_call_start_batch(call, $0.baseAddress, $0.count, opaque, nil) }
-            guard result == GRPC_CALL_OK else {
-                CompletionTag.releaseUnqueued(opaque)
-                return false
-            }
+            guard startCallBatch(raw, ops, tag) else { return false }
             batchesInFlight += 1
             return true
         }

@@ -1,4 +1,5 @@
 import Foundation
+import ShoalTensor
 import ShoalProtocol
 
 /// A small model and valid messages for it, shared by the tests.
@@ -51,15 +52,5 @@ enum Fixture {
     }
 }
 
-/// SplitMix64: a tiny seeded generator, so fuzz runs are reproducible.
-struct SeededRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// Seeded, so fuzz runs are reproducible.
+typealias SeededRNG = SplitMix64

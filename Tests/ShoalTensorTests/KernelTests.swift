@@ -310,17 +310,10 @@ import Testing
 
 // MARK: - Test data
 
-/// Deterministic SplitMix64, so failures reproduce.
-struct TestRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+/// Deterministic, so failures reproduce.
+typealias TestRNG = SplitMix64
+
+extension SplitMix64 {
     /// Uniform in [-1, 1).
     mutating func float() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
     mutating func int(_ range: ClosedRange<Int>) -> Int {

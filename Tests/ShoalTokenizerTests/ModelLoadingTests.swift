@@ -1,5 +1,6 @@
 import ShoalTokenizer
 import Testing
+import ShoalTensor
 
 /// Bad model bytes throw `TokenizerError`; none of them may trap.
 @Suite struct ModelLoadingTests {
