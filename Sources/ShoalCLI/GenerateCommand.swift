@@ -57,7 +57,7 @@ struct GenerateCommand: ParsableCommand {
             if json {
                 print("{\"ids\":\(jsonArray(result.ids)),\"text\":\(jsonString(result.text))}")
             } else {
-                print("")
+                stdout.write(Data("\n".utf8))  // through the same unbuffered handle as the text
             }
             printErr(String(
                 format: "prefill: %d tokens, %.1f tokens/s; decode: %d tokens, %.1f tokens/s; finish: %@",
