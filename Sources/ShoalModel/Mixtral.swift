@@ -183,7 +183,10 @@ public final class MixtralModel {
         let keys = cache.keys[layer], values = cache.values[layer], q = self.q.pointer
         let att = self.att.reserve(heads * capacity)
         let scale = 1 / sqrtf(Float(hd)), window = config.slidingWindow
-        pool.parallelFor(heads) { h in
+        // A decode step over a short context is a few microseconds of work per head: cheaper
+        // on this thread than waking the pool.
+        let inline = count * (p0 + count) * heads * hd < 1 << 18
+        let body = { (h: Int) in
             let scores = att + h * capacity, g = h / group
             for t in 0..<count {
                 let pos = p0 + t, lo = window.map { max(0, pos - $0 + 1) } ?? 0
@@ -203,6 +206,11 @@ public final class MixtralModel {
                 o.update(repeating: 0, count: hd)
                 for j in lo...pos { Kernels.axpy(o, scores[j] / sum, values + j * kvDim + g * hd, count: hd) }
             }
+        }
+        if inline {
+            for h in 0..<heads { body(h) }
+        } else {
+            pool.parallelFor(heads, body)
         }
     }
 
