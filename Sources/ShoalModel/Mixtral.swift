@@ -45,6 +45,8 @@ public final class MixtralModel {
     private let routerLogits = FloatBuffer()  // (T, experts)
     private let logits = FloatBuffer()  // (T or 1, vocab)
     private var routes: Routes
+    private var chosen: [Int]  // (k,) one token's experts, highest logit first
+    private var weight: [Float]  // (k,) their softmax weights
     private var jobs: [MatMul] = []
     private var vecJobs: [MatVec] = []
 
@@ -56,7 +58,9 @@ public final class MixtralModel {
         self.chunkSize = chunkSize
         let hd = weights.config.headDim, theta = weights.config.ropeTheta
         invFreq = (0..<hd / 2).map { i in 1 / powf(theta, Float(2 * i) / Float(hd)) }
-        routes = Routes(k: config.expertsPerToken)
+        routes = Routes(k: weights.config.expertsPerToken)
+        chosen = Array(repeating: 0, count: weights.config.expertsPerToken)
+        weight = Array(repeating: 0, count: weights.config.expertsPerToken)
     }
 
     /// Runs `tokens` at positions `cache.length…`, appends their keys and values to `cache`,
@@ -225,7 +229,6 @@ public final class MixtralModel {
             routes.experts = Array(repeating: 0, count: T * K)
             routes.weights = Array(repeating: 0, count: T * K)
         }
-        var chosen = [Int](repeating: 0, count: K), weight = [Float](repeating: 0, count: K)
         var traceIdx: [Int] = [], traceW: [Float] = []
         for t in 0..<T {
             let rt = r + t * E
@@ -239,10 +242,15 @@ public final class MixtralModel {
             for j in 0..<K { weight[j] /= sum }
             if trace != nil { traceIdx += chosen; traceW += weight }
             // Slots in ascending expert order: the summation order every backend follows.
-            let order = (0..<K).sorted { chosen[$0] < chosen[$1] }
-            for (slot, j) in order.enumerated() {
-                routes.experts[t * K + slot] = Int32(chosen[j])
-                routes.weights[t * K + slot] = weight[j]
+            for j in 0..<K {
+                var slot = t * K + j
+                while slot > t * K && routes.experts[slot - 1] > Int32(chosen[j]) {
+                    routes.experts[slot] = routes.experts[slot - 1]
+                    routes.weights[slot] = routes.weights[slot - 1]
+                    slot -= 1
+                }
+                routes.experts[slot] = Int32(chosen[j])
+                routes.weights[slot] = weight[j]
             }
         }
         if let trace {
