@@ -81,12 +81,12 @@ public final class Checkpoint: @unchecked Sendable {
             if has("model.safetensors.index.json") {
                 fileOf = try Self.readIndex(path("model.safetensors.index.json"))
             } else {
-                fileOf = try Self.listTensors(path("model.safetensors"), file: "model.safetensors")
+                (fileOf, opened) = try Self.openSingle(path("model.safetensors"), file: "model.safetensors")
             }
         } else if has("params.json") && has("consolidated.safetensors") {
             layout = .mistral
             config = try Self.decode(MistralParams.self, path("params.json")).modelConfig
-            fileOf = try Self.listTensors(path("consolidated.safetensors"), file: "consolidated.safetensors")
+            (fileOf, opened) = try Self.openSingle(path("consolidated.safetensors"), file: "consolidated.safetensors")
         } else {
             throw ModelLoadError.notACheckpoint(folder: folder, found: found)
         }
@@ -176,8 +176,11 @@ public final class Checkpoint: @unchecked Sendable {
         return index.weight_map
     }
 
-    private static func listTensors(_ path: String, file: String) throws -> [String: String] {
+    /// A one-file checkpoint: every tensor lives in `file`, which stays open for loading.
+    private static func openSingle(_ path: String, file: String) throws
+        -> ([String: String], [String: SafetensorsFile])
+    {
         let f = try SafetensorsFile(path: path)
-        return Dictionary(uniqueKeysWithValues: f.tensors.keys.map { ($0, file) })
+        return (Dictionary(uniqueKeysWithValues: f.tensors.keys.map { ($0, file) }), [file: f])
     }
 }

@@ -79,7 +79,7 @@ public final class MixtralModel {
         let out = logits.reserve(allLogits ? tokens.count * V : V)
         var start = 0
         while start < tokens.count {
-            let chunk = Array(tokens[start..<min(tokens.count, start + chunkSize)])
+            let chunk = tokens[start..<min(tokens.count, start + chunkSize)]
             let isLast = start + chunk.count == tokens.count
             try layers(chunk, cache: cache)
             if allLogits {
@@ -93,7 +93,7 @@ public final class MixtralModel {
     }
 
     /// Every decoder layer over one chunk; leaves the final-normed hidden states in `xb`.
-    private func layers(_ tokens: [Int], cache: KVCache) throws {
+    private func layers(_ tokens: ArraySlice<Int>, cache: KVCache) throws {
         let T = tokens.count, dim = config.dim, p0 = cache.length
         let qDim = config.heads * config.headDim, kvDim = config.kvHeads * config.headDim
         let x = self.x.reserve(T * dim), xb = self.xb.reserve(T * dim), xb2 = self.xb2.reserve(T * dim)
@@ -101,7 +101,7 @@ public final class MixtralModel {
         let attnOut = self.attnOut.reserve(T * qDim)
 
         // Embeddings.
-        for (t, id) in tokens.enumerated() { weights.embedding.copyRow(id, into: x + t * dim) }
+        for (t, id) in zip(0..., tokens) { weights.embedding.copyRow(id, into: x + t * dim) }
         trace?.layerOutputs.append(Array(UnsafeBufferPointer(start: x, count: T * dim)))
         prepareRope(firstPosition: p0, count: T)
 

@@ -70,8 +70,6 @@ public enum RPCError: Error, Sendable, Hashable, CustomStringConvertible {
     case bindFailed(address: String)
     /// `.tls` for a server needs both a private key and a certificate chain.
     case serverTLSNeedsKeyAndCertificate
-    /// The C core refused to create the channel for this target.
-    case channelCreationFailed(target: String)
     /// A streaming handler called `send` while its previous `send` had not finished.
     case concurrentSend
 
@@ -80,7 +78,6 @@ public enum RPCError: Error, Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .bindFailed(let address): "cannot listen on \(address)"
         case .serverTLSNeedsKeyAndCertificate: "server TLS needs a private key and a certificate chain"
-        case .channelCreationFailed(let target): "cannot create a channel to \(target)"
         case .concurrentSend: "a stream writer's send started while another send was in flight"
         }
     }

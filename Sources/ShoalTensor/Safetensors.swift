@@ -100,7 +100,7 @@ public final class SafetensorsFile: @unchecked Sendable {
         mapping = p
         mappedLength = length
         do {
-            let headerLength = Int(UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)).clamped(to: UInt64(Int.max)))
+            let headerLength = Int(min(UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)), UInt64(Int.max)))
             guard headerLength <= length - 8 else {
                 throw SafetensorsError.truncated(file: name, detail: "header announces \(headerLength) bytes, file has \(length - 8) after the length")
             }
@@ -231,8 +231,4 @@ public final class SafetensorsFile: @unchecked Sendable {
         }
         return TensorInfo(name: name, type: type, shape: shape, range: offsets[0]..<offsets[1])
     }
-}
-
-extension UInt64 {
-    fileprivate func clamped(to limit: UInt64) -> UInt64 { Swift.min(self, limit) }
 }

@@ -95,6 +95,21 @@ import ShoalTensor
         #expect(long.status == 1 && long.stderr.contains("context holds 32768"))
     }
 
+    @Test func synthRefusesBadOptions() throws {
+        let dir = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (arguments, says) in [
+            (["--shape", "huge"], "--shape takes tiny, mini or real-layers N"),
+            (["--shape", "real-layers", "x"], "--shape takes tiny, mini or real-layers N"),
+            (["--dtype", "f8"], "--dtype takes bf16 or f32"),
+            (["--vocab", "100"], "--vocab must be at least 300"),
+            (["--kv-heads", "3"], "must be a multiple of KV heads"),
+        ] {
+            let r = try shoal(["synth", "--out", dir + "/m"] + arguments)
+            #expect(r.status == 1 && r.stderr.hasPrefix("error: ") && r.stderr.contains(says), "\(arguments): \(r.stderr)")
+        }
+    }
+
     @Test func synthThenGenerateStreams() throws {
         let dir = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(atPath: dir) }
