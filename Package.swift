@@ -10,6 +10,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // SIMD kernels with per-function ISA attributes and a runtime CPUID choice:
@@ -32,12 +33,23 @@ let package = Package(
         .target(name: "ShoalTokenizer"),
         // Config, weight loading, the Mixtral forward pass, experts, sampler, generation.
         .target(name: "ShoalModel", dependencies: ["ShoalTensor", "ShoalTokenizer"]),
+        // The cluster: the worker's service over local experts, and the coordinator's remote
+        // experts (hello, placement, per-layer fan-out).
+        .target(
+            name: "ShoalCluster",
+            dependencies: [
+                "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         // The subcommands, as a library so tests can drive them.
         .target(
             name: "ShoalCLI",
             dependencies: [
-                "ShoalModel", "ShoalTensor", "ShoalTokenizer",
+                "ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor", "ShoalTokenizer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(name: "shoal", dependencies: ["ShoalCLI"]),
@@ -46,6 +58,7 @@ let package = Package(
         .testTarget(name: "ShoalProtocolTests", dependencies: ["ShoalProtocol", "ShoalTensor"]),
         .testTarget(name: "ShoalTokenizerTests", dependencies: ["ShoalTokenizer", "ShoalTensor"]),
         .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI"]),
+        .testTarget(name: "ShoalClusterTests", dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -22,6 +22,7 @@ struct GenerateCommand: ParsableCommand {
     @Flag(help: "Do not stop at the end-of-sequence token.") var ignoreEos = false
     @Flag(help: "Print one JSON object {\"ids\", \"text\"} instead of streaming.") var json = false
     @Option(help: "Compute threads (default: one per core).") var threads = Engine.defaultThreads
+    @OptionGroup var cluster: ClusterOptions
     @Argument(help: "Prompt text, after -- when it begins with '-'.") var text: String?
 
     func validate() throws {
@@ -36,7 +37,7 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let engine = try Engine(folder: model, threads: threads)
+            let engine = try cluster.engine(folder: model, threads: threads)
             let promptIDs: [Int]
             if let ids {
                 promptIDs = try parseIDs(ids)
@@ -76,10 +77,11 @@ struct LogitsCommand: ParsableCommand {
     @Option(help: "Comma-separated token ids.") var ids: String
     @Option(help: "Output .safetensors file (tensor `logits`, shape [n, vocab]).") var out: String
     @Option(help: "Compute threads (default: one per core).") var threads = Engine.defaultThreads
+    @OptionGroup var cluster: ClusterOptions
 
     func run() throws {
         try reportingErrors {
-            let engine = try Engine(folder: model, threads: threads)
+            let engine = try cluster.engine(folder: model, threads: threads)
             let list = try parseIDs(ids)
             let cache = KVCache(config: engine.model.config, capacity: list.count)
             let logits = try engine.model.forward(list, cache: cache, allLogits: true)

@@ -8,7 +8,7 @@ public struct ShoalCommand: ParsableCommand {
         abstract: "Run Mixtral-architecture models exactly, on one machine or across several.",
         subcommands: [
             GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self, DetokenizeCommand.self,
-            SynthCommand.self, BenchCommand.self,
+            SynthCommand.self, BenchCommand.self, WorkerCommand.self,
         ])
 
     public init() {}

@@ -139,6 +139,11 @@ public final class Checkpoint: @unchecked Sendable {
         return try file.floats(name)
     }
 
+    /// The file holding a tensor and its header entry, without reading its data.
+    func tensor(_ tensor: TensorName) throws -> (SafetensorsFile, TensorInfo) {
+        try info(layout.name(tensor))
+    }
+
     private func info(_ name: String) throws -> (SafetensorsFile, TensorInfo) {
         guard let fileName = fileOf[name] else { throw ModelLoadError.missingTensor(name: name, folder: folder) }
         let file = try open(fileName, for: name)

@@ -9,12 +9,16 @@ public final class Engine {
     public let generator: Generator
     public let pool: ComputePool
 
-    /// Loads `folder` (either layout) with every expert local, on `threads` threads.
-    public init(folder: String, threads: Int = Engine.defaultThreads) throws {
+    /// Loads `folder` (either layout) on `threads` threads, with every expert local unless
+    /// `experts` makes another backend (the cluster's remote experts); then no expert tensor
+    /// of the folder is mapped here.
+    public init(folder: String, threads: Int = Engine.defaultThreads,
+                experts makeExperts: ((Checkpoint, ComputePool) throws -> ExpertBackend)? = nil) throws {
         checkpoint = try Checkpoint(folder: folder)
         tokenizer = try SentencePieceTokenizer(contentsOf: try checkpoint.requireTokenizerPath())
         pool = ComputePool(threads: threads)
-        let experts = LocalExperts(store: try ExpertStore.load(checkpoint), pool: pool)
+        let experts = try makeExperts?(checkpoint, pool)
+            ?? LocalExperts(store: try ExpertStore.load(checkpoint), pool: pool)
         model = MixtralModel(weights: try CoordinatorWeights(checkpoint: checkpoint), experts: experts, pool: pool)
         generator = Generator(model: model, tokenizer: tokenizer)
     }

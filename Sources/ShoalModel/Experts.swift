@@ -73,11 +73,33 @@ public final class LocalExperts: ExpertBackend {
     }
 
     public func moe(layer: Int, x: UnsafePointer<Float>, routes: Routes, out: UnsafeMutablePointer<Float>) throws {
-        let n = routes.tokenCount, k = routes.k, slots = n * k
+        let k = routes.k
+        try routes.experts.withUnsafeBufferPointer { experts in
+            try routes.weights.withUnsafeBufferPointer { weights in
+                try apply(layer: layer, x: x, tokenCount: routes.tokenCount, routeCount: routes.tokenCount * k,
+                          token: { $0 / k }, expert: { Int(experts[$0]) }, weight: { weights[$0] }, out: out)
+            }
+        }
+    }
+
+    /// The same product for routes of any count per token (a worker's share of a batch):
+    /// route `r` sends token `token(r)` to `expert(r)` with `weight(r)`. Routes must be sorted
+    /// by (token, expert), so each token's experts are added in ascending order.
+    public func moe(layer: Int, x: UnsafePointer<Float>, tokenCount: Int, routeCount: Int,
+                    token: (Int) -> Int, expert: (Int) -> Int, weight: (Int) -> Float,
+                    out: UnsafeMutablePointer<Float>) throws {
+        try apply(layer: layer, x: x, tokenCount: tokenCount, routeCount: routeCount,
+                  token: token, expert: expert, weight: weight, out: out)
+    }
+
+    @inline(__always)
+    private func apply(layer: Int, x: UnsafePointer<Float>, tokenCount n: Int, routeCount slots: Int,
+                       token: (Int) -> Int, expert: (Int) -> Int, weight: (Int) -> Float,
+                       out: UnsafeMutablePointer<Float>) throws {
         // Gather: slot order is expert-major, token-ascending inside an expert.
         for e in counts.indices { counts[e] = 0 }
         for s in 0..<slots {
-            let e = Int(routes.experts[s])
+            let e = expert(s)
             guard e >= 0, e < counts.count, store.experts[ExpertKey(layer: layer, expert: e)] != nil else {
                 throw ExpertError.notHeld(layer: layer, expert: e)
             }
@@ -91,10 +113,10 @@ public final class LocalExperts: ExpertBackend {
             slotWeight = Array(repeating: 0, count: slots)
         }
         for s in 0..<slots {
-            let e = Int(routes.experts[s]), t = s / k, slot = fill[e]
+            let e = expert(s), t = token(s), slot = fill[e]
             fill[e] += 1
             slotToken[slot] = t
-            slotWeight[slot] = routes.weights[s]
+            slotWeight[slot] = weight(s)
             (xs + slot * dim).update(from: x + t * dim, count: dim)
         }
         let h1 = hb.reserve(slots * hidden), h3 = hb2.reserve(slots * hidden), ys = y.reserve(slots * dim)
@@ -115,7 +137,9 @@ public final class LocalExperts: ExpertBackend {
     private enum Phase { case up, down }
 
     /// Dispatches one phase's products for each active expert, as GEMVs when every expert
-    /// has one token (decode) and as GEMMs otherwise.
+    /// has one token (decode) and as GEMMs otherwise. A GEMM over one token runs the GEMV
+    /// kernel, so an expert's result depends only on its own tokens, never on which other
+    /// experts share the call: a worker holding a subset computes the same bits.
     private func dispatch(
         layer: Int, phase: Phase, xs: UnsafeMutablePointer<Float>, h1: UnsafeMutablePointer<Float>,
         h3: UnsafeMutablePointer<Float>, ys: UnsafeMutablePointer<Float>

@@ -91,12 +91,20 @@ public struct HeldPair: Equatable, Hashable, Sendable {
 public func validate(
     _ response: Shoal_V1_HelloResponse, expecting expected: HandshakeExpectation
 ) throws(ProtocolError) -> ValidatedHello {
+    try validate(response, expecting: expected, fingerprintOf: { _ in expected.fingerprint })
+}
+
+/// Checks a worker's HelloResponse when its fingerprint covers the experts it serves: the
+/// version, the shape and the pairs first, then the fingerprint against `fingerprintOf(pairs)`,
+/// what the coordinator's own checkpoint gives for those pairs.
+///
+/// - Throws: `ProtocolError.incompatibleWorker` naming the first disagreement.
+public func validate(
+    _ response: Shoal_V1_HelloResponse, expecting expected: HandshakeExpectation,
+    fingerprintOf: ([HeldPair]) -> String
+) throws(ProtocolError) -> ValidatedHello {
     guard response.protocolVersion == expected.protocolVersion else {
         throw .incompatibleWorker(.protocolVersion(expected: expected.protocolVersion, actual: response.protocolVersion))
-    }
-    guard response.modelFingerprint == expected.fingerprint else {
-        throw .incompatibleWorker(.fingerprint(
-            expected: expected.fingerprint, actual: Incompatibility.printable(response.modelFingerprint)))
     }
     guard response.hasShape else { throw .incompatibleWorker(.missingShape) }
     let shape = ModelShape(response.shape)
@@ -116,6 +124,11 @@ public func validate(
             throw .incompatibleWorker(.duplicatePair(index: i, layer: pair.layer, expert: pair.expert))
         }
         pairs.append(pair)
+    }
+    let fingerprint = fingerprintOf(pairs)
+    guard response.modelFingerprint == fingerprint else {
+        throw .incompatibleWorker(.fingerprint(
+            expected: fingerprint, actual: Incompatibility.printable(response.modelFingerprint)))
     }
     return ValidatedHello(pairs: pairs, weightDType: response.weightDtype, weightBytes: response.weightBytes,
                           memoryBytes: response.memoryBytes,

@@ -64,9 +64,9 @@ final class ClientCall: @unchecked Sendable {
 
     // MARK: Unary
 
-    /// Starts the whole unary exchange as one batch; resumes `continuation` with the response or
-    /// the call's status.
-    func startUnary(_ request: RPCPayload, _ continuation: CheckedContinuation<RPCPayload, Error>) {
+    /// Starts the whole unary exchange as one batch; calls `completion` once, on the completion
+    /// queue's thread, with the response or the call's status.
+    func startUnary(_ request: RPCPayload, _ completion: @escaping @Sendable (Result<RPCPayload, Error>) -> Void) {
         sendBuffer = request.makeByteBuffer()
         var ops = [grpc_op](repeating: grpc_op(), count: 6)
         ops[0].op = GRPC_OP_SEND_INITIAL_METADATA
@@ -81,10 +81,11 @@ final class ClientCall: @unchecked Sendable {
         let tag = CompletionTag { [self] _ in
             let result = takeUnaryResult()
             statusArrived()
-            continuation.resume(with: result)
+            completion(result)
         }
         if !startBatch(ops, tag) {
-            continuation.resume(throwing: RPCStatus(code: .unavailable, message: "channel closed"))
+            destroySendBuffer()
+            completion(.failure(RPCStatus(code: .unavailable, message: "channel closed")))
         }
     }
 

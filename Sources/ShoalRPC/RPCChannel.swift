@@ -61,11 +61,28 @@ public final class RPCChannel: @unchecked Sendable {
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                call.startUnary(request, continuation)
+                call.startUnary(request) { continuation.resume(with: $0) }
             }
         } onCancel: {
             call.cancel()
         }
+    }
+
+    /// Calls `method` with one request and hands the response, or the `RPCStatus` that ended
+    /// the call (as for the async `unary`), to `completion`, once, on the channel's completion
+    /// queue thread: `completion` must be quick and must not block.
+    ///
+    /// For callers that are not async, such as a forward pass fanning one layer out to several
+    /// workers and waiting for all of them: no task is created per call.
+    public func unary(
+        _ method: String, request: RPCPayload, timeout: Duration,
+        completion: @escaping @Sendable (Result<RPCPayload, Error>) -> Void
+    ) {
+        guard let call = makeCall(method, timeout: timeout) else {
+            completion(.failure(RPCStatus(code: .unavailable, message: "channel closed")))
+            return
+        }
+        call.startUnary(request, completion)
     }
 
     /// Calls `method` with one request and returns the server's stream of responses.

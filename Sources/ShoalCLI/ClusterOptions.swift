@@ -1,0 +1,54 @@
+import ArgumentParser
+import Foundation
+import ShoalCluster
+import ShoalModel
+import ShoalProtocol
+
+/// The options that put a command's experts on worker daemons: `--workers`, `--wire-dtype`,
+/// `--rpc-timeout`. Without `--workers` every expert is computed in this process.
+struct ClusterOptions: ParsableArguments {
+    @Option(help: "Expert workers, HOST:PORT[,HOST:PORT…]; without it, experts run in this process.")
+    var workers: String?
+    @Option(help: "Activations on the wire: f32 (exact) or bf16 (half the bytes).")
+    var wireDType: WireDTypeArgument = .bf16
+    @Option(help: "Deadline of one layer's call to a worker, in seconds.")
+    var rpcTimeout: Double = 30
+
+    func validate() throws {
+        guard rpcTimeout > 0 else { throw ValidationError("--rpc-timeout must be positive") }
+    }
+
+    /// The worker addresses, or nil when experts are local.
+    func addresses() throws -> [String]? {
+        guard let workers else { return nil }
+        let list = workers.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !list.isEmpty, list.allSatisfy({ Self.isHostPort($0) }) else {
+            throw ClusterError.badWorkerList(workers)
+        }
+        return list
+    }
+
+    /// Loads `folder` for generation, with remote experts when `--workers` is given.
+    func engine(folder: String, threads: Int) throws -> Engine {
+        guard let addresses = try addresses() else { return try Engine(folder: folder, threads: threads) }
+        var options = RemoteExperts.Options()
+        options.wireDType = wireDType.value
+        options.timeout = .milliseconds(Int64(rpcTimeout * 1000))
+        options.helloTimeout = min(options.timeout, .seconds(10))
+        return try Engine(folder: folder, threads: threads) { checkpoint, _ in
+            try RemoteExperts(checkpoint: checkpoint, workers: addresses, options: options) { printErr("warning: \($0)") }
+        }
+    }
+
+    static func isHostPort(_ s: String) -> Bool {
+        guard let colon = s.lastIndex(of: ":"), colon != s.startIndex,
+              let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else { return false }
+        return true
+    }
+}
+
+/// `--wire-dtype` values.
+enum WireDTypeArgument: String, ExpressibleByArgument, CaseIterable {
+    case f32, bf16
+    var value: WireDType { self == .f32 ? .f32 : .bf16 }
+}

@@ -1,0 +1,94 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import ShoalCluster
+import ShoalModel
+import ShoalRPC
+
+/// `shoal worker`: an expert-worker daemon serving some experts of a model over gRPC.
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Serve some experts of a model to coordinators (shoal generate/logits --workers).",
+        discussion: """
+            SPEC is a comma-separated list of EXPERTS[@LAYERS] ranges: 0-3 serves experts 0-3 of
+            every layer, 0-3@0-15,4-7@16-31 splits by layer. Only those experts' tensors are mapped.
+            Prints one ready line on stdout once listening; stops on SIGINT or SIGTERM (running
+            calls get --grace seconds to finish) with exit code 0.
+            """)
+
+    @Option(help: "Model folder (Hugging Face or Mistral layout).") var model: String
+    @Option(help: "Experts to serve: EXPERTS[@LAYERS][,…].") var experts: String
+    @Option(help: "Address to listen on; port 0 picks a free port (see the ready line).")
+    var listen = "0.0.0.0:50051"
+    @Option(help: "Compute threads (default: one per core).") var threads = Engine.defaultThreads
+    @Option(help: "Most tokens one call may carry.") var maxTokens = 4096
+    @Option(help: "A name for coordinators' logs (default: shoal-worker@HOSTNAME).") var name: String?
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+    @Option(help: "Seconds running calls get to finish at shutdown.") var grace: Double = 5
+
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
+        guard grace >= 0 else { throw ValidationError("--grace must not be negative") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let level = logLevel
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+            let logger = Logger(label: "shoal.worker")
+            let checkpoint = try Checkpoint(folder: model)
+            let config = checkpoint.config
+            let pairs = try ExpertSpec(experts).pairs(layers: config.layers, experts: config.experts)
+            let worker = try ExpertWorker(
+                checkpoint: checkpoint, pairs: pairs, threads: threads, maxTokens: maxTokens,
+                name: name ?? "shoal-worker@\(ProcessInfo.processInfo.hostName)", logger: logger)
+            // Signals are taken before the server starts, so none is lost between the two.
+            let stop = DispatchSemaphore(value: 0)
+            let signals = [SIGINT, SIGTERM].map { number -> DispatchSourceSignal in
+                signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+                source.setEventHandler { stop.signal() }
+                source.resume()
+                return source
+            }
+            let server = try RPCServer.start(listen: listen, unary: worker.handlers)
+            let host = listen[..<(listen.lastIndex(of: ":") ?? listen.endIndex)]
+            let address = "\(host):\(server.port)"
+            // Written unbuffered: whoever started us waits for this line on a pipe.
+            FileHandle.standardOutput.write(Data((
+                "shoal worker ready: listening on \(address), experts \(experts) of \(checkpoint.folder) "
+                    + "(\(pairs.count) pairs, \(formatBytes(worker.weightBytes)) of weights), "
+                    + "fingerprint \(worker.fingerprint)\n").utf8))
+            logger.info("serving", metadata: ["address": "\(address)", "pairs": "\(pairs.count)"])
+            stop.wait()
+            logger.info("stopping", metadata: ["grace_seconds": "\(grace)"])
+            let stopped = DispatchSemaphore(value: 0)
+            let grace = Duration.milliseconds(Int64(self.grace * 1000))
+            Task {
+                await server.shutdown(grace: grace)
+                stopped.signal()
+            }
+            stopped.wait()
+            withExtendedLifetime(signals) {}
+            logger.info("stopped")
+        }
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// `1536000000` → `"1.54 GB"`.
+func formatBytes(_ n: Int) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"]
+    var value = Double(n), unit = 0
+    while value >= 1000, unit < units.count - 1 { value /= 1000; unit += 1 }
+    return unit == 0 ? "\(n) B" : String(format: "%.2f %@", value, units[unit])
+}

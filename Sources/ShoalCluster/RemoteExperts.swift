@@ -1,0 +1,316 @@
+import Foundation
+import ShoalModel
+import ShoalProtocol
+import ShoalRPC
+import ShoalTensor
+
+/// Experts held by worker daemons, reached over gRPC: the coordinator's `ExpertBackend`.
+///
+/// At start it says hello to every worker and builds the placement table, (layer, expert) →
+/// the workers holding it. Per layer it sends one Compute to each worker that holds a chosen
+/// expert, all in flight at once, and adds the answers per token in ascending order of each
+/// answer's lowest expert. With Mixtral's two experts per token that is exactly the order one
+/// process adds them in, so with the f32 wire the result is bit-identical (DESIGN invariant 1).
+///
+/// A pair held by several workers is a replica: a token goes to a worker already serving
+/// another of its experts when one holds this expert too (so it is sent once), otherwise the
+/// holders take turns call by call. A worker whose call fails is marked down and the call
+/// fails naming it, the layer and the experts; later calls use the other holders, and a down
+/// worker is tried again (hello) when a pair has no live holder left.
+public final class RemoteExperts: ExpertBackend {
+    public struct Options: Sendable {
+        /// Activation dtype on the wire: f32 is exact, bf16 halves the bytes.
+        public var wireDType: WireDType = .bf16
+        /// Deadline of one Compute call.
+        public var timeout: Duration = .seconds(30)
+        /// Deadline of one Hello.
+        public var helloTimeout: Duration = .seconds(10)
+        public var security: RPCSecurity = .insecure
+        public init() {}
+    }
+
+    /// One worker as the coordinator sees it.
+    public struct Worker: Sendable {
+        public let address: String
+        /// What it holds; empty until its hello succeeds.
+        public fileprivate(set) var pairs: [ExpertKey] = []
+        public fileprivate(set) var name = ""
+        public fileprivate(set) var weightBytes: UInt64 = 0
+        public fileprivate(set) var alive = false
+        /// Why it is down, if it is.
+        public fileprivate(set) var lastError: ClusterError?
+        fileprivate var lastProbe: ContinuousClock.Instant?
+    }
+
+    public private(set) var workers: [Worker]
+    public let stats = ClusterStats()
+    private let channels: [RPCChannel]
+    private let checkpoint: Checkpoint
+    private let options: Options
+    private let expectation: HandshakeExpectation
+    private let dim: Int
+    private let fanout = Fanout()
+    /// [layer][expert] → indices of the workers that hold it, alive or not.
+    private var holders: [[[Int]]]
+    private var rotation = 0
+
+    // Per-call scratch, reused.
+    private var plans: [Plan]
+    private var slotWorker: [Int] = []
+    private var slotRow: [Int] = []
+    private let partials: [FloatBuffer]  // (tokens, dim) one worker's answer, decoded
+
+    /// What one worker is sent for one layer.
+    private struct Plan {
+        var tokens: [Int] = []  // global token of each local row
+        var routeToken: [UInt32] = []
+        var routeExpert: [UInt32] = []
+        var routeWeight: [Float] = []
+        mutating func reset() {
+            tokens.removeAll(keepingCapacity: true)
+            routeToken.removeAll(keepingCapacity: true)
+            routeExpert.removeAll(keepingCapacity: true)
+            routeWeight.removeAll(keepingCapacity: true)
+        }
+        var experts: [Int] { Array(Set(routeExpert.map(Int.init))).sorted() }
+    }
+
+    /// Connects to `addresses` (HOST:PORT each) and says hello to all of them at once.
+    ///
+    /// - Throws: `ClusterError.refused` for a worker of another model or protocol (even if the
+    ///   others cover every pair: a misconfigured cluster should not limp on), and
+    ///   `.missingPairs` when some pair has no reachable holder. An unreachable worker whose
+    ///   pairs others hold is only reported through `warn`.
+    public init(checkpoint: Checkpoint, workers addresses: [String], options: Options = Options(),
+                warn: (String) -> Void = { _ in }) throws {
+        let c = checkpoint.config
+        self.checkpoint = checkpoint
+        self.options = options
+        dim = c.dim
+        expectation = HandshakeExpectation(
+            fingerprint: try ModelFingerprint.of(checkpoint, pairs: []),
+            shape: ModelShape(dim: c.dim, hiddenDim: c.hiddenDim, layers: c.layers, experts: c.experts))
+        workers = addresses.map { Worker(address: $0) }
+        channels = addresses.map {
+            RPCChannel(target: $0, security: options.security, maxReceiveBytes: 1 << 30)
+        }
+        holders = Array(repeating: Array(repeating: [], count: c.experts), count: c.layers)
+        plans = Array(repeating: Plan(), count: addresses.count)
+        partials = addresses.map { _ in FloatBuffer() }
+
+        let answers = fanout.call(channels, ExpertServiceMethod.hello,
+                                  Array(repeating: try helloRequest(), count: channels.count),
+                                  timeout: options.helloTimeout)
+        for i in workers.indices {
+            do {
+                try accept(hello: answers[i]!, worker: i)
+            } catch let error as ClusterError {
+                if case .unreachable = error {
+                    workers[i].lastError = error
+                    warn("\(error)")
+                    continue
+                }
+                throw error
+            }
+        }
+        let missing = (0..<c.layers).flatMap { l in
+            (0..<c.experts).filter { e in !holders[l][e].contains { workers[$0].alive } }
+                .map { ExpertKey(layer: l, expert: $0) }
+        }
+        if !missing.isEmpty {
+            throw ClusterError.missingPairs(missing, down: workers.filter { !$0.alive }.map(\.address))
+        }
+    }
+
+    deinit { for channel in channels { channel.close() } }
+
+    private func helloRequest() throws -> RPCPayload {
+        var request = Shoal_V1_HelloRequest()
+        request.protocolVersion = expectation.protocolVersion
+        request.modelFingerprint = expectation.fingerprint
+        return try encode(request)
+    }
+
+    /// Records a hello answer: the worker's pairs into the placement table, or why not.
+    private func accept(hello answer: Result<RPCPayload, Error>, worker i: Int) throws {
+        let address = workers[i].address
+        workers[i].lastProbe = .now
+        let payload: RPCPayload
+        switch answer {
+        case .success(let p): payload = p
+        case .failure(let error):
+            let status = error as? RPCStatus ?? RPCStatus(code: .unknown, message: "\(error)")
+            if status.code == .failedPrecondition {  // the worker refused us
+                throw ClusterError.refusedByWorker(worker: address, message: status.message)
+            }
+            throw ClusterError.unreachable(worker: address, status: status)
+        }
+        let response: Shoal_V1_HelloResponse
+        do {
+            response = try payload.withUnsafeBytes { try Shoal_V1_HelloResponse(serializedBytes: Data($0)) }
+        } catch {
+            throw ClusterError.malformedHello(worker: address, detail: "\(error)")
+        }
+        let hello: ValidatedHello
+        do {
+            hello = try validate(response, expecting: expectation) { pairs in
+                (try? ModelFingerprint.of(checkpoint, pairs: pairs.map { ExpertKey(layer: $0.layer, expert: $0.expert) }))
+                    ?? "(this checkpoint cannot fingerprint those pairs)"
+            }
+        } catch {
+            throw ClusterError.refused(worker: address, reason: error)
+        }
+        let pairs = hello.pairs.map { ExpertKey(layer: $0.layer, expert: $0.expert) }
+        if workers[i].pairs.isEmpty {
+            for p in pairs { holders[p.layer][p.expert].append(i) }
+        }
+        workers[i].pairs = pairs
+        workers[i].name = hello.workerName
+        workers[i].weightBytes = hello.weightBytes
+        workers[i].alive = true
+        workers[i].lastError = nil
+    }
+
+    // MARK: - The MoE layer
+
+    public func moe(layer: Int, x: UnsafePointer<Float>, routes: Routes, out: UnsafeMutablePointer<Float>) throws {
+        let n = routes.tokenCount, k = routes.k, slots = n * k
+        rotation &+= 1
+        for w in plans.indices { plans[w].reset() }
+        if slotWorker.count < slots {
+            slotWorker = Array(repeating: 0, count: slots)
+            slotRow = Array(repeating: 0, count: slots)
+        }
+
+        // Place every route on a worker.
+        for t in 0..<n {
+            for s in (t * k)..<(t * k + k) {
+                let e = Int(routes.experts[s])
+                let w = try holder(layer: layer, expert: e, sharingWith: slotWorker[(t * k)..<s])
+                slotWorker[s] = w
+                if plans[w].tokens.last != t { plans[w].tokens.append(t) }
+                slotRow[s] = plans[w].tokens.count - 1
+                plans[w].routeToken.append(UInt32(plans[w].tokens.count - 1))
+                plans[w].routeExpert.append(UInt32(e))
+                plans[w].routeWeight.append(routes.weights[s])
+            }
+        }
+
+        // One request per worker with work, all in flight at once.
+        let wire = options.wireDType
+        var requests: [RPCPayload?] = Array(repeating: nil, count: workers.count)
+        var sent = 0
+        for w in plans.indices where !plans[w].tokens.isEmpty {
+            let payload = try request(plans[w], layer: layer, x: x, wire: wire)
+            sent += payload.count
+            requests[w] = payload
+        }
+        let start = ContinuousClock.now
+        let answers = fanout.call(channels, ExpertServiceMethod.compute, requests, timeout: options.timeout)
+        let elapsed = ContinuousClock.now - start
+
+        // Every answer checked before any is used; the first failure (in worker order) is thrown.
+        var outputs: [Data?] = Array(repeating: nil, count: workers.count)
+        var received = 0
+        for w in plans.indices {
+            guard let answer = answers[w] else { continue }
+            let experts = plans[w].experts
+            switch answer {
+            case .failure(let error):
+                let status = error as? RPCStatus ?? RPCStatus(code: .unknown, message: "\(error)")
+                let failure = ClusterError.computeFailed(
+                    worker: workers[w].address, layer: layer, experts: experts, status: status)
+                if [.unavailable, .deadlineExceeded, .cancelled, .unknown].contains(status.code) {
+                    workers[w].alive = false
+                    workers[w].lastError = failure
+                }
+                throw failure
+            case .success(let payload):
+                received += payload.count
+                let response: Shoal_V1_ComputeResponse
+                do {
+                    response = try payload.withUnsafeBytes { try Shoal_V1_ComputeResponse(serializedBytes: Data($0)) }
+                    try validate(response, tokenCount: plans[w].tokens.count, dim: dim, dtype: wire)
+                } catch {
+                    throw ClusterError.badResponse(worker: workers[w].address, layer: layer, experts: experts,
+                                                   detail: "\(error)")
+                }
+                outputs[w] = response.output
+            }
+        }
+        stats.record(layer: layer, tokens: n, elapsed: elapsed, sent: sent, received: received)
+
+        // out[t] = 0 + partial(first worker) + partial(second) …, in the order of each
+        // worker's lowest expert for t, which is the order its first slot appears in.
+        out.update(repeating: 0, count: n * dim)
+        for w in plans.indices {
+            guard let output = outputs[w] else { continue }
+            let rows = plans[w].tokens.count
+            let p = partials[w].reserve(rows * dim)
+            try ActivationCodec.decode(output, as: wire, into: UnsafeMutableBufferPointer(start: p, count: rows * dim))
+        }
+        for t in 0..<n {
+            for s in (t * k)..<(t * k + k) {
+                let w = slotWorker[s]
+                if slotWorker[(t * k)..<s].contains(w) { continue }  // this worker's sum is in
+                let src = partials[w].pointer + slotRow[s] * dim, o = out + t * dim
+                for i in 0..<dim { o[i] += src[i] }
+            }
+        }
+    }
+
+    /// A live worker holding (layer, expert): one already serving this token if it holds the
+    /// expert too, otherwise the holders in turn. Down holders are tried again (hello) when no
+    /// holder is live, at most once a second each.
+    private func holder(layer: Int, expert: Int, sharingWith earlier: ArraySlice<Int>) throws -> Int {
+        let candidates = holders[layer][expert]
+        for w in earlier where workers[w].alive && candidates.contains(w) { return w }
+        var live = candidates.filter { workers[$0].alive }
+        if live.isEmpty {
+            revive(candidates)
+            live = candidates.filter { workers[$0].alive }
+        }
+        guard !live.isEmpty else {
+            throw ClusterError.missingPairs([ExpertKey(layer: layer, expert: expert)],
+                                            down: candidates.map { workers[$0].address })
+        }
+        return live[rotation % live.count]
+    }
+
+    private func revive(_ candidates: [Int]) {
+        let due = candidates.filter {
+            !workers[$0].alive && (workers[$0].lastProbe.map { .now - $0 > .seconds(1) } ?? true)
+        }
+        guard !due.isEmpty, let request = try? helloRequest() else { return }
+        var requests: [RPCPayload?] = Array(repeating: nil, count: workers.count)
+        for w in due { requests[w] = request }
+        let answers = fanout.call(channels, ExpertServiceMethod.hello, requests, timeout: options.helloTimeout)
+        for w in due {
+            do { try accept(hello: answers[w]!, worker: w) } catch let error as ClusterError {
+                workers[w].lastError = error
+            } catch {}
+        }
+    }
+
+    /// The Compute request of one plan, with its tokens' rows of `x` encoded for the wire.
+    private func request(_ plan: Plan, layer: Int, x: UnsafePointer<Float>, wire: WireDType) throws -> RPCPayload {
+        var request = Shoal_V1_ComputeRequest()
+        request.layer = UInt32(layer)
+        request.tokenCount = UInt32(plan.tokens.count)
+        request.dim = UInt32(dim)
+        request.dtype = wire.proto
+        let rowBytes = dim * wire.byteWidth
+        var hidden = Data(count: plan.tokens.count * rowBytes)
+        hidden.withUnsafeMutableBytes { bytes in
+            for (j, t) in plan.tokens.enumerated() {
+                ActivationCodec.encode(UnsafeBufferPointer(start: x + t * dim, count: dim), as: wire,
+                                       into: UnsafeMutableRawBufferPointer(rebasing: bytes[(j * rowBytes)..<((j + 1) * rowBytes)]))
+            }
+        }
+        request.hidden = hidden
+        request.routeToken = plan.routeToken
+        request.routeExpert = plan.routeExpert
+        request.routeWeight = plan.routeWeight
+        return try encode(request)
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+import Logging
+import Testing
+import ShoalCluster
+import ShoalModel
+import ShoalRPC
+
+/// `../shared/fixtures` beside the repository. Tests fail, never skip, when it is missing.
+enum Fixtures {
+    static let root: String = {
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        return repo.deletingLastPathComponent().appendingPathComponent("shared/fixtures").path
+    }()
+
+    static func path(_ relative: String) throws -> String {
+        let p = root + "/" + relative
+        guard FileManager.default.fileExists(atPath: p) else {
+            Issue.record("fixture \(p) is missing: the tests need ../shared/fixtures beside the repository")
+            throw FixtureMissing(path: p)
+        }
+        return p
+    }
+
+    struct FixtureMissing: Error { let path: String }
+
+    /// The prompts' token ids from a model's expected.json.
+    static func prompts(_ model: String) throws -> [[Int]] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: try path("models/\(model)/expected.json")))
+        let json = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+        return (json["prompts"] as! [[String: Any]]).map { $0["input_ids"] as! [Int] }
+    }
+}
+
+/// Expert workers served from this test process on loopback, port 0, one `RPCServer` each.
+final class LocalCluster {
+    let servers: [RPCServer]
+    let addresses: [String]
+
+    /// One worker per spec (`EXPERTS[@LAYERS]`), over the model in `folder`.
+    init(folder: String, specs: [String]) throws {
+        var servers: [RPCServer] = []
+        for spec in specs {
+            let checkpoint = try Checkpoint(folder: folder)
+            let pairs = try ExpertSpec(spec).pairs(layers: checkpoint.config.layers, experts: checkpoint.config.experts)
+            let worker = try ExpertWorker(checkpoint: checkpoint, pairs: pairs, threads: 1, name: "test \(spec)",
+                                          logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+            servers.append(try RPCServer.start(listen: "127.0.0.1:0", unary: worker.handlers))
+        }
+        self.servers = servers
+        addresses = servers.map { "127.0.0.1:\($0.port)" }
+    }
+
+    func stop() async {
+        for server in servers { await server.shutdown(grace: .zero) }
+    }
+}
+
+/// A coordinator over `folder` whose experts are the given workers.
+func clusterEngine(_ folder: String, _ addresses: [String], wire: WireDTypeChoice = .f32) throws -> Engine {
+    var options = RemoteExperts.Options()
+    options.wireDType = wire.value
+    options.timeout = .seconds(20)
+    return try Engine(folder: folder, threads: 1) { checkpoint, _ in
+        try RemoteExperts(checkpoint: checkpoint, workers: addresses, options: options)
+    }
+}
+
+import ShoalProtocol
+enum WireDTypeChoice { case f32, bf16
+    var value: WireDType { self == .f32 ? .f32 : .bf16 }
+}
+
+/// The logits of every position of every prompt, each prompt from an empty cache.
+func allLogits(_ engine: Engine, _ prompts: [[Int]]) throws -> [[Float]] {
+    try prompts.map { ids in
+        let cache = KVCache(config: engine.model.config, capacity: ids.count)
+        return Array(try engine.model.forward(ids, cache: cache, allLogits: true))
+    }
+}
+
+/// 24 greedy tokens after `prompt`, EOS ignored.
+func greedy(_ engine: Engine, _ prompt: [Int], tokens: Int = 24) throws -> [Int] {
+    try engine.generator.generate(
+        prompt: prompt, parameters: GenerationParameters(maxTokens: tokens, ignoreEOS: true)).ids
+}
+
+/// Bit patterns, so that -0 vs 0 and NaN payloads count as differences.
+func bits(_ values: [[Float]]) -> [[UInt32]] { values.map { $0.map(\.bitPattern) } }
+
+/// Runs blocking coordinator work on a thread of its own. A coordinator waits for its workers
+/// synchronously, and these workers answer from Swift concurrency's cooperative pool, which is
+/// as small as the machine (2 threads here): waiting on one of its threads starves them.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        let thread = Thread { continuation.resume(with: Result { try body() }) }
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+}
+
+/// The error `body` throws, as text, or nil when it throws nothing.
+func errorText(_ body: @escaping @Sendable () throws -> Void) async -> String? {
+    do {
+        try await offPool(body)
+        return nil
+    } catch {
+        return "\(error)"
+    }
+}
