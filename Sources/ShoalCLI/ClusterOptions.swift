@@ -9,7 +9,7 @@ import ShoalProtocol
 struct ClusterOptions: ParsableArguments {
     @Option(help: "Expert workers, HOST:PORT[,HOST:PORT…]; without it, experts run in this process.")
     var workers: String?
-    @Option(help: "Activations on the wire: f32 (exact) or bf16 (half the bytes).")
+    @Option(name: .customLong("wire-dtype"), help: "Activations on the wire: f32 (exact) or bf16 (half the bytes).")
     var wireDType: WireDTypeArgument = .bf16
     @Option(help: "Deadline of one layer's call to a worker, in seconds.")
     var rpcTimeout: Double = 30
@@ -31,19 +31,28 @@ struct ClusterOptions: ParsableArguments {
     /// Loads `folder` for generation, with remote experts when `--workers` is given.
     func engine(folder: String, threads: Int) throws -> Engine {
         guard let addresses = try addresses() else { return try Engine(folder: folder, threads: threads) }
-        var options = RemoteExperts.Options()
-        options.wireDType = wireDType.value
-        options.timeout = .milliseconds(Int64(rpcTimeout * 1000))
-        options.helloTimeout = min(options.timeout, .seconds(10))
-        return try Engine(folder: folder, threads: threads) { checkpoint, _ in
-            try RemoteExperts(checkpoint: checkpoint, workers: addresses, options: options) { printErr("warning: \($0)") }
-        }
+        return try clusterEngine(folder: folder, threads: threads, workers: addresses, wire: wireDType.value,
+                                 timeoutSeconds: rpcTimeout)
     }
 
     static func isHostPort(_ s: String) -> Bool {
         guard let colon = s.lastIndex(of: ":"), colon != s.startIndex,
               let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else { return false }
         return true
+    }
+}
+
+/// A coordinator over `folder` whose experts are on `workers`; warnings go to stderr.
+func clusterEngine(folder: String, threads: Int, workers: [String], wire: WireDType,
+                   timeoutSeconds: Double = 30) throws -> Engine {
+    var options = RemoteExperts.Options()
+    options.wireDType = wire
+    options.timeout = .milliseconds(Int64(timeoutSeconds * 1000))
+    options.helloTimeout = min(options.timeout, .seconds(10))
+    return try Engine(folder: folder, threads: threads) { checkpoint, pool in
+        try RemoteExperts(checkpoint: checkpoint, workers: workers, options: options, pool: pool) {
+            printErr("warning: \($0)")
+        }
     }
 }
 

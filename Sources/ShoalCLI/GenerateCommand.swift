@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ShoalCluster
 import ShoalModel
 import ShoalTensor
 
@@ -64,6 +65,9 @@ struct GenerateCommand: ParsableCommand {
                 format: "prefill: %d tokens, %.1f tokens/s; decode: %d tokens, %.1f tokens/s; finish: %@",
                 result.promptTokens, result.prefillTokensPerSecond, result.ids.count,
                 result.decodeTokensPerSecond, result.finishReason.rawValue))
+            if let remote = engine.model.experts as? RemoteExperts {
+                printErr("decode " + remote.stats.summary { $0.tokens == 1 }.line)
+            }
         }
     }
 }

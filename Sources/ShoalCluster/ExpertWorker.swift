@@ -31,6 +31,7 @@ public final class ExpertWorker: Sendable {
     /// The mutable half: the experts' run state and scratch buffers, used under the mutex.
     private struct ComputeState: ~Copyable {
         let experts: LocalExperts
+        let pool: ComputePool
         let x = FloatBuffer()
         let out = FloatBuffer()
     }
@@ -53,7 +54,8 @@ public final class ExpertWorker: Sendable {
         weightDType = store.experts.values.first.map { $0.w1.dtype == .bf16 ? .bf16 : .f32 } ?? .unspecified
         self.name = name
         self.logger = logger
-        engine = Mutex(ComputeState(experts: LocalExperts(store: store, pool: ComputePool(threads: threads))))
+        let pool = ComputePool(threads: threads)
+        engine = Mutex(ComputeState(experts: LocalExperts(store: store, pool: pool), pool: pool))
     }
 
     /// The handlers to give `RPCServer.start(unary:)`.
@@ -106,6 +108,8 @@ public final class ExpertWorker: Sendable {
                 layer: call.layer, x: UnsafePointer(x.baseAddress!), tokenCount: n, routeCount: routes.count,
                 token: { routes[$0].token }, expert: { routes[$0].expert }, weight: { routes[$0].weight },
                 out: out.baseAddress!)
+            // The next call is a network round trip away: do not spin until then.
+            state.pool.idle()
             return ActivationCodec.encode(UnsafeBufferPointer(out), as: call.dtype)
         }
         var response = Shoal_V1_ComputeResponse()

@@ -50,6 +50,7 @@ public final class RemoteExperts: ExpertBackend {
     private let expectation: HandshakeExpectation
     private let dim: Int
     private let fanout = Fanout()
+    private let pool: ComputePool?
     /// [layer][expert] → indices of the workers that hold it, alive or not.
     private var holders: [[[Int]]]
     private var rotation = 0
@@ -81,8 +82,11 @@ public final class RemoteExperts: ExpertBackend {
     ///   others cover every pair: a misconfigured cluster should not limp on), and
     ///   `.missingPairs` when some pair has no reachable holder. An unreachable worker whose
     ///   pairs others hold is only reported through `warn`.
+    /// - Parameter pool: the coordinator's compute pool, sent to sleep while a layer waits for
+    ///   its workers (they may share this machine's cores).
     public init(checkpoint: Checkpoint, workers addresses: [String], options: Options = Options(),
-                warn: (String) -> Void = { _ in }) throws {
+                pool: ComputePool? = nil, warn: (String) -> Void = { _ in }) throws {
+        self.pool = pool
         let c = checkpoint.config
         self.checkpoint = checkpoint
         self.options = options
@@ -205,13 +209,14 @@ public final class RemoteExperts: ExpertBackend {
             sent += payload.count
             requests[w] = payload
         }
+        pool?.idle()
         let start = ContinuousClock.now
         let answers = fanout.call(channels, ExpertServiceMethod.compute, requests, timeout: options.timeout)
         let elapsed = ContinuousClock.now - start
 
         // Every answer checked before any is used; the first failure (in worker order) is thrown.
         var outputs: [Data?] = Array(repeating: nil, count: workers.count)
-        var received = 0
+        var received = 0, slowest = Duration.zero
         for w in plans.indices {
             guard let answer = answers[w] else { continue }
             let experts = plans[w].experts
@@ -236,9 +241,11 @@ public final class RemoteExperts: ExpertBackend {
                                                    detail: "\(error)")
                 }
                 outputs[w] = response.output
+                slowest = max(slowest, .microseconds(Int64(clamping: response.computeMicros)))
             }
         }
-        stats.record(layer: layer, tokens: n, elapsed: elapsed, sent: sent, received: received)
+        stats.record(.init(layer: layer, tokens: n, elapsed: elapsed, sent: sent, received: received,
+                                  workerCompute: slowest))
 
         // out[t] = 0 + partial(first worker) + partial(second) …, in the order of each
         // worker's lowest expert for t, which is the order its first slot appears in.

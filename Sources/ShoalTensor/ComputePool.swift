@@ -55,6 +55,13 @@ public final class ComputePool: @unchecked Sendable {
         state.busy.store(false, ordering: .releasing)
     }
 
+    /// Sends polling workers to sleep now rather than after their spin: for a caller about to
+    /// block on something slow (the network), whose spinning workers would take cores from
+    /// the processes it waits for. The next `parallelFor` wakes them as usual.
+    public func idle() {
+        state.parked.store(true, ordering: .relaxed)
+    }
+
     deinit {
         state.stop()
         for thread in workers { pthread_join(thread, nil) }
@@ -75,6 +82,8 @@ private final class PoolState: @unchecked Sendable {
     /// Workers asleep (or about to be) on `wake`: the caller signals only if this is nonzero.
     let sleepers = Atomic<Int>(0)
     let stopping = Atomic<Bool>(false)
+    /// Set by `idle()`: workers stop polling and sleep; cleared by the next dispatch.
+    let parked = Atomic<Bool>(false)
     let busy = Atomic<Bool>(false)
     /// The job: address of the caller's `(Int) -> Void` and its count, published by `next`.
     let body = Atomic<UInt>(0)
@@ -110,6 +119,7 @@ private final class PoolState: @unchecked Sendable {
         self.count.store(count, ordering: .relaxed)
         isa.store(Int(shoal_kernels_thread_isa()), ordering: .relaxed)
         done.store(0, ordering: .relaxed)
+        parked.store(false, ordering: .relaxed)
         next.store(0, ordering: .releasing)
         // Sequentially consistent with the worker's `sleepers` increment: either it sees the new
         // generation before sleeping, or we see it asleep and signal.
@@ -178,7 +188,7 @@ private final class PoolState: @unchecked Sendable {
             if now != seen { return now }
             polls += 1
             if polls & 63 != 0 { shoal_spin_pause(); continue }
-            if clock.now >= deadline { break }
+            if clock.now >= deadline || parked.load(ordering: .relaxed) { break }
             sched_yield()
         }
         pthread_mutex_lock(mutex)

@@ -1,0 +1,209 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import ShoalCluster
+import ShoalModel
+import ShoalTensor
+
+/// `shoal demo`: the whole cluster on one machine. Worker processes on loopback, a
+/// generation through them streamed to the terminal, then the same generation in one process,
+/// and what the distribution cost.
+struct DemoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Run a model across expert-worker processes on this machine and compare with one process.",
+        discussion: """
+            Without --model it writes a random-weight `mini` checkpoint (1.5 GB, bf16) into --cache
+            once and reuses it. The workers split the experts into contiguous ranges; they are
+            stopped when the demo ends, also on Ctrl-C.
+            """)
+
+    @Option(help: "Model folder (either layout); default: the cached random mini model.") var model: String?
+    @Option(help: "Where the random mini model is kept.") var cache = DemoCommand.defaultCache
+    @Option(help: "Worker processes to start.") var workers = 4
+    @Option(help: "Compute threads per worker.") var workerThreads = 1
+    @Option(help: "Coordinator compute threads (default: one per core).") var threads = Engine.defaultThreads
+    @Option(help: "Prompt text.") var prompt = "The shoal of small machines"
+    @Option(help: "Tokens to generate (greedy; end-of-sequence ignored).") var maxTokens = 48
+    @Option(name: .customLong("wire-dtype"), help: "Activations on the wire: f32 (exact) or bf16.") var wireDType: WireDTypeArgument = .bf16
+
+    static var defaultCache: String {
+        let env = ProcessInfo.processInfo.environment
+        let base = env["XDG_CACHE_HOME"] ?? (NSHomeDirectory() + "/.cache")
+        return base + "/shoal/mini"
+    }
+
+    func validate() throws {
+        guard workers >= 1, workerThreads >= 1, threads >= 1, maxTokens >= 2 else {
+            throw ValidationError("need --workers, --worker-threads, --threads >= 1 and --max-tokens >= 2")
+        }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let folder = try model ?? cachedMini()
+            let checkpoint = try Checkpoint(folder: folder)
+            let experts = checkpoint.config.experts
+            guard workers <= experts else {
+                throw UsageError.conflicting("--workers \(workers): the model has only \(experts) experts to split")
+            }
+            let fleet = WorkerFleet()
+            let stopOnSignal = fleet.stopOnSignals()
+            defer { fleet.stopAll(); withExtendedLifetime(stopOnSignal) {} }
+
+            // Contiguous ranges, the first ones one larger when the split is uneven.
+            var first = 0
+            for i in 0..<workers {
+                let count = experts / workers + (i < experts % workers ? 1 : 0)
+                let spec = count == 1 ? "\(first)" : "\(first)-\(first + count - 1)"
+                first += count
+                try fleet.start(arguments: [
+                    "worker", "--model", folder, "--experts", spec, "--listen", "127.0.0.1:0",
+                    "--threads", "\(workerThreads)", "--log-level", "warning", "--name", "demo-worker-\(i)",
+                ])
+            }
+            let addresses = try fleet.waitUntilReady(timeout: 300)
+            for (i, line) in fleet.readyLines.enumerated() { say("worker \(i): \(line)") }
+
+            let parameters = GenerationParameters(maxTokens: maxTokens, ignoreEOS: true)
+            say("\n== \(workers) workers on loopback, \(wireDType.rawValue) wire: \(prompt)", terminator: "")
+            let remoteEngine = try clusterEngine(folder: folder, threads: threads, workers: addresses, wire: wireDType.value)
+            let remote = remoteEngine.model.experts as! RemoteExperts
+            let ids = remoteEngine.tokenizer.encode(prompt, bos: true)
+            let clustered = try remoteEngine.generator.generate(prompt: ids, parameters: parameters) { piece in
+                FileHandle.standardOutput.write(Data(piece.utf8))
+            }
+            let decodeStats = remote.stats.summary { $0.tokens == 1 }
+            let prefillStats = remote.stats.summary { $0.tokens > 1 }
+
+            say("\n\n== one process, all experts local")
+            let local = try Engine(folder: folder, threads: threads)
+            let single = try local.generator.generate(prompt: ids, parameters: parameters)
+
+            func row(_ name: String, _ a: String, _ b: String) {
+                say(name.padding(toLength: 18, withPad: " ", startingAt: 0)
+                    + String(repeating: " ", count: max(0, 14 - a.count)) + a
+                    + String(repeating: " ", count: max(0, 14 - b.count)) + b)
+            }
+            row("", "prefill tok/s", "decode tok/s")
+            row("\(workers) workers", String(format: "%.1f", clustered.prefillTokensPerSecond),
+                String(format: "%.1f", clustered.decodeTokensPerSecond))
+            row("single process", String(format: "%.1f", single.prefillTokensPerSecond),
+                String(format: "%.1f", single.decodeTokensPerSecond))
+            say(String(format: "decode speed, cluster / single: %.2f×",
+                         clustered.decodeTokensPerSecond / max(single.decodeTokensPerSecond, 1e-9)))
+            say("prefill " + prefillStats.line)
+            say("decode  " + decodeStats.line)
+            let same = clustered.ids == single.ids
+            say("same tokens as one process: \(same ? "yes" : "no")"
+                + (same || wireDType == .f32 ? "" : " (the bf16 wire rounds activations; --wire-dtype f32 is exact)"))
+            say("stopping the workers")
+        }
+    }
+
+    /// The random mini checkpoint in `cache`, written first if missing (into a temporary
+    /// folder renamed at the end, so an interrupted write is never mistaken for a model).
+    private func cachedMini() throws -> String {
+        if FileManager.default.fileExists(atPath: cache + "/config.json") {
+            say("using the random-weight mini model cached in \(cache)")
+            return cache
+        }
+        say("writing a random-weight mini model to \(cache) (1.5 GB, once)")
+        let partial = cache + ".partial-\(getpid())"
+        try? FileManager.default.removeItem(atPath: partial)
+        try Synth.write(Synth.preset("mini")!, to: partial)
+        try? FileManager.default.removeItem(atPath: cache)
+        try FileManager.default.moveItem(atPath: partial, toPath: cache)
+        return cache
+    }
+}
+
+/// Writes to stdout unbuffered, in order with the streamed text (which is written the same way).
+func say(_ s: String, terminator: String = "\n") {
+    FileHandle.standardOutput.write(Data((s + terminator).utf8))
+}
+
+/// Worker processes started by this process, and only those: each is stopped (SIGTERM, then
+/// SIGKILL after 5 s) when the fleet stops, on Ctrl-C and on SIGTERM.
+final class WorkerFleet: @unchecked Sendable {
+    private let lock = NSLock()
+    private var processes: [Process] = []
+    private var logs: [String] = []  // per worker: stdout file (ready line), stderr file
+    /// Each worker's ready line, in start order, once `waitUntilReady` returned.
+    private(set) var readyLines: [String] = []
+
+    /// Starts `shoal ARGUMENTS…` (this same executable) with stdout and stderr in files.
+    func start(arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        process.arguments = arguments
+        let base = NSTemporaryDirectory() + "shoal-demo-\(getpid())-\(processes.count)"
+        for suffix in [".out", ".err"] { _ = FileManager.default.createFile(atPath: base + suffix, contents: nil) }
+        process.standardOutput = FileHandle(forWritingAtPath: base + ".out")
+        process.standardError = FileHandle(forWritingAtPath: base + ".err")
+        try lock.withLock {
+            try process.run()
+            processes.append(process)
+            logs.append(base)
+        }
+    }
+
+    /// Waits for every worker's ready line and returns their addresses; a worker that exits
+    /// or stays silent fails the wait with its stderr.
+    func waitUntilReady(timeout: Double) throws -> [String] {
+        let deadline = Date().addingTimeInterval(timeout)
+        var addresses: [String?] = Array(repeating: nil, count: processes.count)
+        readyLines = Array(repeating: "", count: processes.count)
+        while addresses.contains(where: { $0 == nil }) {
+            for i in processes.indices where addresses[i] == nil {
+                let out = (try? String(contentsOfFile: logs[i] + ".out", encoding: .utf8)) ?? ""
+                if let line = out.split(separator: "\n").first(where: { $0.contains("listening on ") }),
+                   let range = line.range(of: "listening on "),
+                   let comma = line[range.upperBound...].firstIndex(of: ",") {
+                    addresses[i] = String(line[range.upperBound..<comma])
+                    readyLines[i] = String(line)
+                } else if !processes[i].isRunning {
+                    let err = (try? String(contentsOfFile: logs[i] + ".err", encoding: .utf8)) ?? ""
+                    throw UsageError.conflicting("worker \(i) exited before it was ready: \(err.trimmingCharacters(in: .whitespacesAndNewlines))")
+                }
+            }
+            if Date() > deadline { throw UsageError.conflicting("workers not ready after \(Int(timeout)) s") }
+            usleep(20_000)
+        }
+        return addresses.map { $0! }
+    }
+
+    /// Stops every worker still running and removes their log files. Idempotent.
+    func stopAll() {
+        let (running, files) = lock.withLock { () -> ([Process], [String]) in
+            defer { processes = []; logs = [] }
+            return (processes, logs)
+        }
+        for p in running where p.isRunning { p.terminate() }
+        let deadline = Date().addingTimeInterval(5)
+        for p in running {
+            while p.isRunning && Date() < deadline { usleep(10_000) }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+        }
+        for base in files {
+            try? FileManager.default.removeItem(atPath: base + ".out")
+            try? FileManager.default.removeItem(atPath: base + ".err")
+        }
+    }
+
+    /// On SIGINT or SIGTERM: stop the workers and exit 130. Keep the sources alive.
+    func stopOnSignals() -> [DispatchSourceSignal] {
+        [SIGINT, SIGTERM].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { [self] in
+                printErr("\ninterrupted: stopping the workers")
+                stopAll()
+                exit(130)
+            }
+            source.resume()
+            return source
+        }
+    }
+}

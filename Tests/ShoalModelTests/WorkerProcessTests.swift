@@ -1,0 +1,101 @@
+import Foundation
+import Testing
+
+/// `shoal worker` and `shoal generate --workers` as separate processes on loopback: the ready
+/// line, exact output with the f32 wire, a worker killed mid-generation, clean stops.
+@Suite(.serialized) struct WorkerProcessTests {
+    /// A process started by this test, its output in files; killed at the end if still running.
+    final class Child {
+        let process = Process()
+        let base = NSTemporaryDirectory() + "shoal-proc-" + UUID().uuidString
+
+        init(_ arguments: [String]) throws {
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            var dir = bin
+            while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("shoal").path) && dir.path != "/" {
+                dir = dir.deletingLastPathComponent()
+            }
+            process.executableURL = dir.appendingPathComponent("shoal")
+            process.arguments = arguments
+            for suffix in [".out", ".err"] { _ = FileManager.default.createFile(atPath: base + suffix, contents: nil) }
+            process.standardOutput = FileHandle(forWritingAtPath: base + ".out")
+            process.standardError = FileHandle(forWritingAtPath: base + ".err")
+            try process.run()
+        }
+
+        deinit {
+            if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+            try? FileManager.default.removeItem(atPath: base + ".out")
+            try? FileManager.default.removeItem(atPath: base + ".err")
+        }
+
+        var stdout: String { (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? "" }
+        var stderr: String { (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? "" }
+
+        /// Waits up to `seconds` for the process to end; its exit status, or nil if it did not.
+        func wait(seconds: Double) -> Int32? {
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning && Date() < deadline { usleep(10_000) }
+            if process.isRunning { return nil }
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+
+        /// The address from a worker's ready line, waiting up to 60 s for it.
+        func readyAddress() throws -> String {
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline {
+                if let range = stdout.range(of: "listening on "), let comma = stdout[range.upperBound...].firstIndex(of: ",") {
+                    return String(stdout[range.upperBound..<comma])
+                }
+                if !process.isRunning { break }
+                usleep(20_000)
+            }
+            Issue.record("no ready line; stderr: \(stderr)")
+            throw CancellationError()
+        }
+    }
+
+    @Test func workersServeExactlyAndADeadOneIsNamed() throws {
+        let model = try Fixtures.path("models/tiny-f32/hf")
+        let w1 = try Child(["worker", "--model", model, "--experts", "0-3", "--listen", "127.0.0.1:0", "--threads", "1"])
+        let w2 = try Child(["worker", "--model", model, "--experts", "4-7", "--listen", "127.0.0.1:0", "--threads", "1"])
+        let a1 = try w1.readyAddress(), a2 = try w2.readyAddress()
+        #expect(w1.stdout.hasPrefix("shoal worker ready: listening on 127.0.0.1:") && w1.stdout.contains("8 pairs"))
+
+        let prompt = ["--ids", "1,415,1984,302", "--max-tokens", "12", "--ignore-eos", "--json"]
+        let single = try CLITests().shoal(["generate", "--model", model] + prompt)
+        let cluster = try CLITests().shoal(["generate", "--model", model, "--workers", "\(a1),\(a2)", "--wire-dtype", "f32"] + prompt)
+        #expect(single.status == 0 && cluster.status == 0, "\(cluster.stderr)")
+        #expect(cluster.stdout == single.stdout && single.stdout.hasPrefix("{\"ids\":["))
+        #expect(cluster.stderr.contains("decode fan-out per layer: median "))
+
+        // A long generation; worker 2 dies under it. The coordinator fails fast, by name.
+        let long = try Child(["generate", "--model", model, "--workers", "\(a1),\(a2)", "--ids", "1,415",
+                              "--max-tokens", "20000", "--ignore-eos", "--json", "--rpc-timeout", "5"])
+        usleep(500_000)
+        #expect(long.process.isRunning, "the generation ended before the worker was killed: \(long.stderr)")
+        kill(w2.process.processIdentifier, SIGKILL)
+        let killedAt = Date()
+        let status = long.wait(seconds: 20)
+        #expect(status == 1, "\(long.stderr)")
+        #expect(Date().timeIntervalSince(killedAt) < 6)
+        #expect(long.stderr.hasPrefix("error: worker \(a2) failed layer ") && long.stderr.contains(" experts "),
+                "\(long.stderr)")
+
+        // The survivor stops cleanly on SIGTERM.
+        kill(w1.process.processIdentifier, SIGTERM)
+        #expect(w1.wait(seconds: 10) == 0, "\(w1.stderr)")
+    }
+
+    @Test func workerRefusesABadSpecAndCoordinatorABadList() throws {
+        let model = try Fixtures.path("models/tiny-f32/hf")
+        let spec = try CLITests().shoal(["worker", "--model", model, "--experts", "0-9", "--listen", "127.0.0.1:0"])
+        #expect(spec.status == 1 && spec.stderr.hasPrefix("error: --experts \"0-9\": the model has layers 0-1 and experts 0-7"),
+                "\(spec.stderr)")
+        let syntax = try CLITests().shoal(["worker", "--model", model, "--experts", "3-1", "--listen", "127.0.0.1:0"])
+        #expect(syntax.status == 1 && syntax.stderr.contains("\"3-1\" is not EXPERTS[@LAYERS]"), "\(syntax.stderr)")
+        let list = try CLITests().shoal(["generate", "--model", model, "--ids", "1", "--workers", "nohost"])
+        #expect(list.status == 1 && list.stderr.hasPrefix("error: --workers \"nohost\""), "\(list.stderr)")
+    }
+}
