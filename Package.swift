@@ -53,12 +53,17 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "shoal", dependencies: ["ShoalCLI"]),
+        // Test helpers shared by the test targets (the fixtures' location).
+        .target(name: "ShoalTestSupport", path: "Tests/ShoalTestSupport"),
         .testTarget(name: "ShoalTensorTests", dependencies: ["ShoalTensor"]),
         .testTarget(name: "ShoalRPCTests", dependencies: ["ShoalRPC"]),
         .testTarget(name: "ShoalProtocolTests", dependencies: ["ShoalProtocol", "ShoalTensor"]),
         .testTarget(name: "ShoalTokenizerTests", dependencies: ["ShoalTokenizer", "ShoalTensor"]),
-        .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI"]),
-        .testTarget(name: "ShoalClusterTests", dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor"]),
+        .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI", "ShoalTestSupport"]),
+        .testTarget(
+            name: "ShoalClusterTests",
+            dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor", "ShoalTestSupport"]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

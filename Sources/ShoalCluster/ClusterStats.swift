@@ -1,3 +1,5 @@
+import Foundation
+
 /// What the fan-out cost, call by call, since the last `reset()`.
 ///
 /// Read and written by the thread running the forward pass only.
@@ -74,5 +76,3 @@ public final class ClusterStats {
         }
     }
 }
-
-import Foundation

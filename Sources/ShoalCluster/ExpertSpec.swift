@@ -1,3 +1,4 @@
+import Foundation
 import ShoalModel
 
 /// Which (layer, expert) pairs a worker serves, as written on its command line:
@@ -59,5 +60,3 @@ public struct ExpertSpec: Sendable, Equatable, CustomStringConvertible {
         return lo...hi
     }
 }
-
-import Foundation

@@ -4,6 +4,7 @@ import ShoalModel
 import ShoalProtocol
 import ShoalRPC
 import ShoalTensor
+import SwiftProtobuf
 import Synchronization
 
 /// The expert side of the cluster: the handlers of `shoal.v1.ExpertService` over the experts
@@ -85,7 +86,7 @@ public final class ExpertWorker: Sendable {
         response.weightBytes = UInt64(weightBytes)
         response.memoryBytes = UInt64(ProcessInfo.processInfo.physicalMemory)
         response.workerName = name
-        return try encode(response)
+        return try RPCPayload(message: response)
     }
 
     func compute(_ payload: RPCPayload) throws -> RPCPayload {
@@ -118,7 +119,7 @@ public final class ExpertWorker: Sendable {
         response.computeMicros = UInt64((ContinuousClock.now - start) / .microseconds(1))
         served.add(1, ordering: .relaxed)
         logger.trace("compute", metadata: ["layer": "\(call.layer)", "tokens": "\(n)", "routes": "\(call.routes.count)"])
-        return try encode(response)
+        return try RPCPayload(message: response)
     }
 
     func health(_ payload: RPCPayload) throws -> RPCPayload {
@@ -128,23 +129,15 @@ public final class ExpertWorker: Sendable {
         response.uptimeSeconds = UInt64((ContinuousClock.now - started) / .seconds(1))
         response.requestsServed = served.load(ordering: .relaxed)
         response.pairsHeld = UInt32(pairs.count)
-        return try encode(response)
+        return try RPCPayload(message: response)
     }
 }
 
-/// A message from a payload; a payload that is not one is the caller's error.
-func decode<M: SwiftProtobuf.Message>(_ type: M.Type, _ payload: RPCPayload) throws -> M {
+/// A request from a payload; a payload that is not one is the caller's error.
+private func decode<M: SwiftProtobuf.Message>(_ type: M.Type, _ payload: RPCPayload) throws -> M {
     do {
-        return try payload.withUnsafeBytes { try M(serializedBytes: Data($0)) }
+        return try payload.message(M.self)
     } catch {
         throw RPCStatus(code: .invalidArgument, message: "the request is not a valid \(M.protoMessageName): \(error)")
     }
 }
-
-/// A message as a payload.
-func encode<M: SwiftProtobuf.Message>(_ message: M) throws -> RPCPayload {
-    let bytes: [UInt8] = try message.serializedBytes()
-    return RPCPayload(bytes)
-}
-
-import SwiftProtobuf

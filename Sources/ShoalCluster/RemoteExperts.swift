@@ -132,7 +132,7 @@ public final class RemoteExperts: ExpertBackend {
         var request = Shoal_V1_HelloRequest()
         request.protocolVersion = expectation.protocolVersion
         request.modelFingerprint = expectation.fingerprint
-        return try encode(request)
+        return try RPCPayload(message: request)
     }
 
     /// Records a hello answer: the worker's pairs into the placement table, or why not.
@@ -151,7 +151,7 @@ public final class RemoteExperts: ExpertBackend {
         }
         let response: Shoal_V1_HelloResponse
         do {
-            response = try payload.withUnsafeBytes { try Shoal_V1_HelloResponse(serializedBytes: Data($0)) }
+            response = try payload.message(Shoal_V1_HelloResponse.self)
         } catch {
             throw ClusterError.malformedHello(worker: address, detail: "\(error)")
         }
@@ -219,12 +219,11 @@ public final class RemoteExperts: ExpertBackend {
         var received = 0, slowest = Duration.zero
         for w in plans.indices {
             guard let answer = answers[w] else { continue }
-            let experts = plans[w].experts
             switch answer {
             case .failure(let error):
                 let status = error as? RPCStatus ?? RPCStatus(code: .unknown, message: "\(error)")
                 let failure = ClusterError.computeFailed(
-                    worker: workers[w].address, layer: layer, experts: experts, status: status)
+                    worker: workers[w].address, layer: layer, experts: plans[w].experts, status: status)
                 if [.unavailable, .deadlineExceeded, .cancelled, .unknown].contains(status.code) {
                     workers[w].alive = false
                     workers[w].lastError = failure
@@ -234,11 +233,11 @@ public final class RemoteExperts: ExpertBackend {
                 received += payload.count
                 let response: Shoal_V1_ComputeResponse
                 do {
-                    response = try payload.withUnsafeBytes { try Shoal_V1_ComputeResponse(serializedBytes: Data($0)) }
+                    response = try payload.message(Shoal_V1_ComputeResponse.self)
                     try validate(response, tokenCount: plans[w].tokens.count, dim: dim, dtype: wire)
                 } catch {
-                    throw ClusterError.badResponse(worker: workers[w].address, layer: layer, experts: experts,
-                                                   detail: "\(error)")
+                    throw ClusterError.badResponse(worker: workers[w].address, layer: layer,
+                                                   experts: plans[w].experts, detail: "\(error)")
                 }
                 outputs[w] = response.output
                 slowest = max(slowest, .microseconds(Int64(clamping: response.computeMicros)))
@@ -272,16 +271,22 @@ public final class RemoteExperts: ExpertBackend {
     private func holder(layer: Int, expert: Int, sharingWith earlier: ArraySlice<Int>) throws -> Int {
         let candidates = holders[layer][expert]
         for w in earlier where workers[w].alive && candidates.contains(w) { return w }
-        var live = candidates.filter { workers[$0].alive }
-        if live.isEmpty {
+        var live = candidates.count { workers[$0].alive }
+        if live == 0 {
             revive(candidates)
-            live = candidates.filter { workers[$0].alive }
+            live = candidates.count { workers[$0].alive }
         }
-        guard !live.isEmpty else {
+        guard live > 0 else {
             throw ClusterError.missingPairs([ExpertKey(layer: layer, expert: expert)],
                                             down: candidates.map { workers[$0].address })
         }
-        return live[rotation % live.count]
+        // The (rotation mod live)-th live holder, without collecting them into an array.
+        var turn = rotation % live
+        for w in candidates where workers[w].alive {
+            if turn == 0 { return w }
+            turn -= 1
+        }
+        preconditionFailure("counted \(live) live holders")
     }
 
     private func revive(_ candidates: [Int]) {
@@ -318,6 +323,6 @@ public final class RemoteExperts: ExpertBackend {
         request.routeToken = plan.routeToken
         request.routeExpert = plan.routeExpert
         request.routeWeight = plan.routeWeight
-        return try encode(request)
+        return try RPCPayload(message: request)
     }
 }

@@ -76,8 +76,8 @@ public final class LocalExperts: ExpertBackend {
         let k = routes.k
         try routes.experts.withUnsafeBufferPointer { experts in
             try routes.weights.withUnsafeBufferPointer { weights in
-                try apply(layer: layer, x: x, tokenCount: routes.tokenCount, routeCount: routes.tokenCount * k,
-                          token: { $0 / k }, expert: { Int(experts[$0]) }, weight: { weights[$0] }, out: out)
+                try moe(layer: layer, x: x, tokenCount: routes.tokenCount, routeCount: routes.tokenCount * k,
+                        token: { $0 / k }, expert: { Int(experts[$0]) }, weight: { weights[$0] }, out: out)
             }
         }
     }
@@ -85,17 +85,9 @@ public final class LocalExperts: ExpertBackend {
     /// The same product for routes of any count per token (a worker's share of a batch):
     /// route `r` sends token `token(r)` to `expert(r)` with `weight(r)`. Routes must be sorted
     /// by (token, expert), so each token's experts are added in ascending order.
-    public func moe(layer: Int, x: UnsafePointer<Float>, tokenCount: Int, routeCount: Int,
+    public func moe(layer: Int, x: UnsafePointer<Float>, tokenCount n: Int, routeCount slots: Int,
                     token: (Int) -> Int, expert: (Int) -> Int, weight: (Int) -> Float,
                     out: UnsafeMutablePointer<Float>) throws {
-        try apply(layer: layer, x: x, tokenCount: tokenCount, routeCount: routeCount,
-                  token: token, expert: expert, weight: weight, out: out)
-    }
-
-    @inline(__always)
-    private func apply(layer: Int, x: UnsafePointer<Float>, tokenCount n: Int, routeCount slots: Int,
-                       token: (Int) -> Int, expert: (Int) -> Int, weight: (Int) -> Float,
-                       out: UnsafeMutablePointer<Float>) throws {
         // Gather: slot order is expert-major, token-ascending inside an expert.
         for e in counts.indices { counts[e] = 0 }
         for s in 0..<slots {

@@ -4,25 +4,11 @@ import Testing
 import ShoalCluster
 import ShoalModel
 import ShoalRPC
+import ShoalTestSupport
 
-/// `../shared/fixtures` beside the repository. Tests fail, never skip, when it is missing.
+/// The fixtures (`FixtureFolder`) and what the cluster tests read from them.
 enum Fixtures {
-    static let root: String = {
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent()
-        return repo.deletingLastPathComponent().appendingPathComponent("shared/fixtures").path
-    }()
-
-    static func path(_ relative: String) throws -> String {
-        let p = root + "/" + relative
-        guard FileManager.default.fileExists(atPath: p) else {
-            Issue.record("fixture \(p) is missing: the tests need ../shared/fixtures beside the repository")
-            throw FixtureMissing(path: p)
-        }
-        return p
-    }
-
-    struct FixtureMissing: Error { let path: String }
+    static func path(_ relative: String) throws -> String { try FixtureFolder.path(relative) }
 
     /// The prompts' token ids from a model's expected.json.
     static func prompts(_ model: String) throws -> [[Int]] {

@@ -1,26 +1,12 @@
 import Foundation
 import Testing
 import ShoalTensor
+import ShoalTestSupport
 @testable import ShoalModel
 
-/// `../shared/fixtures` beside the repository. Tests fail, never skip, when it is missing.
+/// The fixtures (`FixtureFolder`) and what the model tests read from them.
 enum Fixtures {
-    static let root: String = {
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent()
-        return repo.deletingLastPathComponent().appendingPathComponent("shared/fixtures").path
-    }()
-
-    static func path(_ relative: String) throws -> String {
-        let p = root + "/" + relative
-        guard FileManager.default.fileExists(atPath: p) else {
-            Issue.record("fixture \(p) is missing: the tests need ../shared/fixtures beside the repository")
-            throw FixtureMissing(path: p)
-        }
-        return p
-    }
-
-    struct FixtureMissing: Error { let path: String }
+    static func path(_ relative: String) throws -> String { try FixtureFolder.path(relative) }
 
     /// The reference tensors of one model.
     final class Expected {
