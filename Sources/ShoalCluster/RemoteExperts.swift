@@ -165,7 +165,9 @@ public final class RemoteExperts: ExpertBackend {
             throw ClusterError.refused(worker: address, reason: error)
         }
         let pairs = hello.pairs.map { ExpertKey(layer: $0.layer, expert: $0.expert) }
-        if workers[i].pairs.isEmpty {
+        // A worker that comes back may serve other pairs than before.
+        if pairs != workers[i].pairs {
+            for p in workers[i].pairs { holders[p.layer][p.expert].removeAll { $0 == i } }
             for p in pairs { holders[p.layer][p.expert].append(i) }
         }
         workers[i].pairs = pairs

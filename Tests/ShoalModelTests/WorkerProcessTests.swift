@@ -99,3 +99,16 @@ import Testing
         #expect(list.status == 1 && list.stderr.hasPrefix("error: --workers \"nohost\""), "\(list.stderr)")
     }
 }
+
+/// Bad cluster options on the command line: one clear line, nothing started.
+@Suite struct ClusterOptionTests {
+    @Test func badWireDTypeTimeoutAndWorkerCountAreRefused() throws {
+        let model = try Fixtures.path("models/tiny-f32/hf")
+        let wire = try CLITests().shoal(["generate", "--model", model, "--ids", "1", "--workers", "127.0.0.1:1", "--wire-dtype", "f16"])
+        #expect(wire.status != 0 && wire.stderr.contains("--wire-dtype") && wire.stderr.contains("f16"), "\(wire.stderr)")
+        let timeout = try CLITests().shoal(["generate", "--model", model, "--ids", "1", "--workers", "127.0.0.1:1", "--rpc-timeout", "0"])
+        #expect(timeout.status != 0 && timeout.stderr.contains("--rpc-timeout must be positive"), "\(timeout.stderr)")
+        let demo = try CLITests().shoal(["demo", "--model", model, "--workers", "9"])
+        #expect(demo.status == 1 && demo.stderr.hasPrefix("error: --workers 9: the model has only 8 experts"), "\(demo.stderr)")
+    }
+}
