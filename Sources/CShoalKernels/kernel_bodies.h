@@ -90,27 +90,36 @@ INLINE v4 hsum4(vf a, vf b, vf c, vf d) {
 // ---- GEMV: y = W x, bandwidth bound -----------------------------------------------------------
 
 // y[r..r+R) = W[r..r+R, :] · x: each x load feeds R FMAs, into R independent chains.
+// The sum is taken in KC-column blocks, each reduced and added in order exactly as gemm_body
+// does, so a token's result is bit-identical whether it runs alone (GEMV) or in a batch
+// (GEMM): a request's output does not depend on what else the server is running.
 INLINE void gemv_rows(const void *W, int bf16, size_t cols, const float *x, float *y,
                       size_t r, int R) {
     const void *w = (const char *)W + r * cols * (bf16 ? 2 : 4);  // W[r..r+R, :], [R, cols]
-    vf acc[GEMV_ROWS];
-    UNROLL for (int i = 0; i < R; i++) acc[i] = 0;
     const size_t es = bf16 ? 2 : 4, line = 64 / es;  // elements per cache line
     const char *next = (const char *)w + (size_t)R * cols * es;  // the next block of R rows
-    size_t k = 0;
-    for (; k + VW <= cols; k += VW) {
-        vf xk = load_f32(x + k);
-        // Rows are short (2 KB for dim 1024 in bf16), too short for the hardware prefetcher to
-        // ramp up on R streams; fetching the next block's lines turns them into one stream.
-        if (k % line == 0)
-            UNROLL for (int i = 0; i < R; i++) __builtin_prefetch(next + (i * cols + k) * es, 0, 3);
-        UNROLL for (int i = 0; i < R; i++) acc[i] += load_w(w, i * cols + k, bf16) * xk;
+    float sum[GEMV_ROWS];
+    UNROLL for (int i = 0; i < R; i++) sum[i] = 0;
+    for (size_t k0 = 0; k0 < cols; k0 += KC) {
+        const size_t end = cols - k0 < KC ? cols : k0 + KC;
+        vf acc[GEMV_ROWS];
+        UNROLL for (int i = 0; i < R; i++) acc[i] = 0;
+        size_t k = k0;
+        for (; k + VW <= end; k += VW) {
+            vf xk = load_f32(x + k);
+            // Rows are short (2 KB for dim 1024 in bf16), too short for the hardware prefetcher
+            // to ramp up on R streams; fetching the next block's lines makes them one stream.
+            if (k % line == 0)
+                UNROLL for (int i = 0; i < R; i++) __builtin_prefetch(next + (i * cols + k) * es, 0, 3);
+            UNROLL for (int i = 0; i < R; i++) acc[i] += load_w(w, i * cols + k, bf16) * xk;
+        }
+        UNROLL for (int i = 0; i < R; i++) {
+            float s = hsum(acc[i]);
+            for (size_t c = k; c < end; c++) s += scalar_w(w, i * cols + c, bf16) * x[c];
+            sum[i] = k0 > 0 ? sum[i] + s : s;
+        }
     }
-    UNROLL for (int i = 0; i < R; i++) {
-        float s = hsum(acc[i]);
-        for (size_t c = k; c < cols; c++) s += scalar_w(w, i * cols + c, bf16) * x[c];
-        y[r + i] = s;
-    }
+    UNROLL for (int i = 0; i < R; i++) y[r + i] = sum[i];
 }
 
 INLINE void gemv_body(const void *W, int bf16, size_t cols, const float *x, float *y,

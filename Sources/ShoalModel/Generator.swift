@@ -56,35 +56,83 @@ public final class Generator {
             throw InferenceError.contextOverflow(needed: prompt.count + parameters.maxTokens, limit: limit)
         }
         let cache = KVCache(config: model.config, capacity: prompt.count + parameters.maxTokens)
-        var sampler = Sampler(parameters.sampling)
-        var detok = StreamingDetokenizer(tokenizer: tokenizer)
-        var stops = StopMatcher(parameters.stop)
-        var ids: [Int] = []
-        var reason = FinishReason.length
+        var decoder = SequenceDecoder(parameters: parameters, tokenizer: tokenizer, eosId: model.config.eosId)
 
         let t0 = DispatchTime.now().uptimeNanoseconds
         var logits = try model.forward(prompt, cache: cache)
         let t1 = DispatchTime.now().uptimeNanoseconds
-        while ids.count < parameters.maxTokens {
-            let next = sampler.sample(logits)
-            if next == model.config.eosId && !parameters.ignoreEOS { reason = .eos; break }
-            ids.append(next)
-            if stops.feed(detok.append(next), emit: onText) { reason = .stop; break }
-            if ids.count == parameters.maxTokens { break }
-            logits = try model.forward([next], cache: cache)
+        while true {
+            let step = decoder.next(logits)
+            if !step.text.isEmpty { onText(step.text) }
+            guard decoder.finishReason == nil, let id = step.id else { break }
+            logits = try model.forward([id], cache: cache)
         }
-        if reason != .stop { _ = stops.feed(detok.finish(), emit: onText) }
-        if reason != .stop { stops.flush(emit: onText) }
         let t2 = DispatchTime.now().uptimeNanoseconds
         return GenerationResult(
-            ids: ids, text: stops.text, finishReason: reason, promptTokens: prompt.count,
+            ids: decoder.ids, text: decoder.text, finishReason: decoder.finishReason ?? .length,
+            promptTokens: prompt.count,
             prefillSeconds: Double(t1 - t0) / 1e9, decodeSeconds: Double(t2 - t1) / 1e9)
+    }
+}
+
+/// One sequence's token side, after each forward pass: sampling with its own seed, the end
+/// of sequence, the token limit, stop strings and text streamed as complete UTF-8. The
+/// single-sequence generator and the server's scheduler both use it, so they end alike.
+public struct SequenceDecoder: Sendable {
+    public let parameters: GenerationParameters
+    /// Tokens sampled so far (EOS not included).
+    public private(set) var ids: [Int] = []
+    /// Set once the sequence has ended; then `next` must not be called again.
+    public private(set) var finishReason: FinishReason?
+    private let eosId: Int
+    private var sampler: Sampler
+    private var detokenizer: StreamingDetokenizer
+    private var stops: StopMatcher
+
+    public init(parameters: GenerationParameters, tokenizer: SentencePieceTokenizer, eosId: Int) {
+        self.parameters = parameters
+        self.eosId = eosId
+        sampler = Sampler(parameters.sampling)
+        detokenizer = StreamingDetokenizer(tokenizer: tokenizer)
+        stops = StopMatcher(parameters.stop)
+    }
+
+    /// The text emitted so far (the stop string and what follows it excluded).
+    public var text: String { stops.text }
+
+    /// Samples from `logits` (the last position's). Returns the token to feed back (nil at
+    /// end of sequence) and the text that became final, which at the end includes whatever
+    /// was held back.
+    public mutating func next(_ logits: UnsafeBufferPointer<Float>) -> (id: Int?, text: String) {
+        precondition(finishReason == nil, "the sequence has ended")
+        var text = ""
+        let token = sampler.sample(logits)
+        if token == eosId && !parameters.ignoreEOS {
+            finish(.eos, into: &text)
+            return (nil, text)
+        }
+        ids.append(token)
+        if stops.feed(detokenizer.append(token), emit: { text += $0 }) {
+            finishReason = .stop
+        } else if ids.count >= parameters.maxTokens {
+            finish(.length, into: &text)
+        }
+        return (token, text)
+    }
+
+    private mutating func finish(_ reason: FinishReason, into text: inout String) {
+        finishReason = reason
+        if stops.feed(detokenizer.finish(), emit: { text += $0 }) {
+            finishReason = .stop
+        } else {
+            stops.flush { text += $0 }
+        }
     }
 }
 
 /// Holds back text that might be the beginning of a stop string, and cuts the output at
 /// the first stop string found.
-struct StopMatcher {
+struct StopMatcher: Sendable {
     let stops: [String]
     private(set) var text = ""  // emitted so far
     private var pending = ""  // received, not yet emitted

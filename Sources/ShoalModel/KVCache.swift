@@ -42,6 +42,8 @@ public enum InferenceError: Error, CustomStringConvertible, Equatable {
     case contextOverflow(needed: Int, limit: Int)
     /// Nothing to run.
     case emptyInput
+    /// One cache given for two sequences of a batch.
+    case sharedCache
 
     public var description: String {
         switch self {
@@ -49,6 +51,7 @@ public enum InferenceError: Error, CustomStringConvertible, Equatable {
         case let .contextOverflow(needed, limit):
             return "the sequence needs \(needed) positions but the context holds \(limit)"
         case .emptyInput: return "no input tokens"
+        case .sharedCache: return "two sequences of one batch share a KV cache"
         }
     }
 }

@@ -29,6 +29,8 @@ public final class MixtralModel {
     public var weightBytesRead = 0
     /// Prompts are processed this many tokens at a time, bounding scratch memory.
     public let chunkSize: Int
+    /// Called with each layer's routes of the step (metrics count tokens per expert).
+    public var routeObserver: ((Int, Routes) -> Void)?
 
     private let invFreq: [Float]  // (headDim/2,)
     // Run state, (T, …) for a chunk of T tokens.
@@ -49,6 +51,7 @@ public final class MixtralModel {
     private var weight: [Float]  // (k,) their softmax weights
     private var jobs: [MatMul] = []
     private var vecJobs: [MatVec] = []
+    private var flat: [Int] = []  // (T,) the step's token ids, segment after segment
 
     public init(weights: CoordinatorWeights, experts: ExpertBackend, pool: ComputePool, chunkSize: Int = 256) {
         self.config = weights.config
@@ -67,6 +70,64 @@ public final class MixtralModel {
     /// and returns the logits of the last token, or of every token when `allLogits`
     /// (`(T, vocab)`). The buffer is valid until the next call.
     public func forward(_ tokens: [Int], cache: KVCache, allLogits: Bool = false) throws -> UnsafeBufferPointer<Float> {
+        try check(tokens, cache: cache)
+        let V = config.vocabSize
+        let out = logits.reserve(allLogits ? tokens.count * V : V)
+        var start = 0
+        while start < tokens.count {
+            let n = min(tokens.count - start, chunkSize)
+            flat.removeAll(keepingCapacity: true)
+            flat.append(contentsOf: tokens[start..<start + n])
+            try layers([Segment(cache: cache, row: 0, count: n, firstPosition: cache.length)])
+            if allLogits {
+                product(weights.output, xb.pointer, out + start * V, ldy: V, n: n)
+            } else if start + n == tokens.count {
+                product(weights.output, xb.pointer + (n - 1) * config.dim, out, ldy: V, n: 1)
+            }
+            start += n
+        }
+        return UnsafeBufferPointer(start: out, count: allLogits ? tokens.count * V : V)
+    }
+
+    /// One step of several sequences at once: each entry's tokens are appended to its own
+    /// cache, attention stays within each sequence, and every other product (projections,
+    /// router, experts, lm_head) runs once over all the step's tokens, so each expert sees one
+    /// call per layer for the whole batch. Returns the logits of each entry's last token,
+    /// `(batch.count, vocab)`, valid until the next call.
+    ///
+    /// A sequence's results are bit-identical to running it alone: every kernel computes a
+    /// token's row the same way whatever the batch (see `gemv_rows`), and attention reads
+    /// only the sequence's own cache. The caller bounds the step's total tokens.
+    /// - Throws: `InferenceError` for an empty entry, an id outside the vocabulary, a cache
+    ///   that would overflow or appears twice; nothing is written then.
+    public func forward(batch: [(tokens: [Int], cache: KVCache)]) throws -> UnsafeBufferPointer<Float> {
+        guard !batch.isEmpty else { throw InferenceError.emptyInput }
+        var seen = Set<ObjectIdentifier>()
+        for entry in batch {
+            try check(entry.tokens, cache: entry.cache)
+            guard seen.insert(ObjectIdentifier(entry.cache)).inserted else { throw InferenceError.sharedCache }
+        }
+        flat.removeAll(keepingCapacity: true)
+        var segments: [Segment] = []
+        for entry in batch {
+            segments.append(Segment(cache: entry.cache, row: flat.count, count: entry.tokens.count,
+                                    firstPosition: entry.cache.length))
+            flat.append(contentsOf: entry.tokens)
+        }
+        try layers(segments)
+        // Gather each sequence's last hidden state, then one product for all of them.
+        let dim = config.dim, V = config.vocabSize
+        let last = xb2.reserve(segments.count * dim)
+        for (i, s) in segments.enumerated() {
+            (last + i * dim).update(from: xb.pointer + (s.row + s.count - 1) * dim, count: dim)
+        }
+        let out = logits.reserve(segments.count * V)
+        product(weights.output, last, out, ldy: V, n: segments.count)
+        return UnsafeBufferPointer(start: out, count: segments.count * V)
+    }
+
+    /// Throws unless `tokens` can be appended to `cache`.
+    private func check(_ tokens: [Int], cache: KVCache) throws {
         guard !tokens.isEmpty else { throw InferenceError.emptyInput }
         for id in tokens where id < 0 || id >= config.vocabSize {
             throw InferenceError.tokenOutOfRange(id: id, vocabSize: config.vocabSize)
@@ -75,35 +136,30 @@ public final class MixtralModel {
         guard needed <= cache.capacity else {
             throw InferenceError.contextOverflow(needed: needed, limit: cache.capacity)
         }
-        let V = config.vocabSize
-        let out = logits.reserve(allLogits ? tokens.count * V : V)
-        var start = 0
-        while start < tokens.count {
-            let chunk = tokens[start..<min(tokens.count, start + chunkSize)]
-            let isLast = start + chunk.count == tokens.count
-            try layers(chunk, cache: cache)
-            if allLogits {
-                product(weights.output, xb.pointer, out + start * V, ldy: V, n: chunk.count)
-            } else if isLast {
-                product(weights.output, xb.pointer + (chunk.count - 1) * config.dim, out, ldy: V, n: 1)
-            }
-            start += chunk.count
-        }
-        return UnsafeBufferPointer(start: out, count: allLogits ? tokens.count * V : V)
     }
 
-    /// Every decoder layer over one chunk; leaves the final-normed hidden states in `xb`.
-    private func layers(_ tokens: ArraySlice<Int>, cache: KVCache) throws {
-        let T = tokens.count, dim = config.dim, p0 = cache.length
+    /// One sequence's rows of a step: `count` tokens from row `row` of the batch, at positions
+    /// `firstPosition…` of `cache`.
+    private struct Segment {
+        let cache: KVCache
+        let row: Int
+        let count: Int
+        let firstPosition: Int
+    }
+
+    /// Every decoder layer over the tokens in `flat`; leaves the final-normed hidden states in
+    /// `xb` and advances each segment's cache.
+    private func layers(_ segments: [Segment]) throws {
+        let T = flat.count, dim = config.dim
         let qDim = config.heads * config.headDim, kvDim = config.kvHeads * config.headDim
         let x = self.x.reserve(T * dim), xb = self.xb.reserve(T * dim), xb2 = self.xb2.reserve(T * dim)
         let q = self.q.reserve(T * qDim), k = self.k.reserve(T * kvDim), v = self.v.reserve(T * kvDim)
         let attnOut = self.attnOut.reserve(T * qDim)
 
         // Embeddings.
-        for (t, id) in zip(0..., tokens) { weights.embedding.copyRow(id, into: x + t * dim) }
+        for (t, id) in flat.enumerated() { weights.embedding.copyRow(id, into: x + t * dim) }
         trace?.layerOutputs.append(Array(UnsafeBufferPointer(start: x, count: T * dim)))
-        prepareRope(firstPosition: p0, count: T)
+        prepareRope(segments, count: T)
 
         for l in 0..<config.layers {
             let w = weights.layers[l]
@@ -117,22 +173,25 @@ public final class MixtralModel {
             runJobs()
             applyRope(q, heads: config.heads, count: T)
             applyRope(k, heads: config.kvHeads, count: T)
-            (cache.keys[l] + p0 * kvDim).update(from: k, count: T * kvDim)
-            (cache.values[l] + p0 * kvDim).update(from: v, count: T * kvDim)
-            attention(layer: l, cache: cache, firstPosition: p0, count: T, out: attnOut)
+            for s in segments {
+                (s.cache.keys[l] + s.firstPosition * kvDim).update(from: k + s.row * kvDim, count: s.count * kvDim)
+                (s.cache.values[l] + s.firstPosition * kvDim).update(from: v + s.row * kvDim, count: s.count * kvDim)
+            }
+            attention(layer: l, segments, out: attnOut)
             product(w.wo, attnOut, xb2, ldy: dim, n: T)
             for i in 0..<(T * dim) { x[i] += xb2[i] }
 
             // MoE: x = h + Σ_j weight_j · expert_j(rmsnorm(h)).
             rmsnorm(xb, x, w.ffnNorm, count: T)
             route(layer: l, w.router, xb, count: T)
+            routeObserver?(l, routes)
             try experts.moe(layer: l, x: xb, routes: routes, out: xb2)
             for i in 0..<(T * dim) { x[i] += xb2[i] }
             trace?.layerOutputs.append(Array(UnsafeBufferPointer(start: x, count: T * dim)))
         }
         rmsnorm(xb, x, weights.finalNorm, count: T)
         trace?.finalHidden = Array(UnsafeBufferPointer(start: xb, count: T * dim))
-        cache.length = p0 + T
+        for s in segments { s.cache.length = s.firstPosition + s.count }
     }
 
     // MARK: - Blocks
@@ -149,15 +208,19 @@ public final class MixtralModel {
         }
     }
 
-    /// cos/sin of position × inverse frequency, in float32 as transformers computes them.
-    private func prepareRope(firstPosition p0: Int, count: Int) {
+    /// cos/sin of position × inverse frequency for every row of the step, in float32 as
+    /// transformers computes them.
+    private func prepareRope(_ segments: [Segment], count: Int) {
         let half = config.headDim / 2
         let c = ropeCos.reserve(count * half), s = ropeSin.reserve(count * half)
-        for t in 0..<count {
-            for i in 0..<half {
-                let angle = Float(p0 + t) * invFreq[i]
-                c[t * half + i] = cosf(angle)
-                s[t * half + i] = sinf(angle)
+        for segment in segments {
+            for i in 0..<segment.count {
+                let t = segment.row + i, position = Float(segment.firstPosition + i)
+                for j in 0..<half {
+                    let angle = position * invFreq[j]
+                    c[t * half + j] = cosf(angle)
+                    s[t * half + j] = sinf(angle)
+                }
             }
         }
     }
@@ -180,35 +243,41 @@ public final class MixtralModel {
         }
     }
 
-    /// Causal grouped-query attention of `count` queries against the cache, one head per task.
-    private func attention(layer: Int, cache: KVCache, firstPosition p0: Int, count: Int, out: UnsafeMutablePointer<Float>) {
+    /// Causal grouped-query attention of each segment's queries against its own cache, one
+    /// head per task (each task runs that head for every segment).
+    private func attention(layer: Int, _ segments: [Segment], out: UnsafeMutablePointer<Float>) {
         let hd = config.headDim, heads = config.heads, group = config.heads / config.kvHeads
-        let qDim = heads * hd, kvDim = cache.kvDim, capacity = cache.capacity
-        let keys = cache.keys[layer], values = cache.values[layer], q = self.q.pointer
-        let att = self.att.reserve(heads * capacity)
+        let qDim = heads * hd, kvDim = config.kvHeads * hd, q = self.q.pointer
+        let span = segments.map { $0.firstPosition + $0.count }.max() ?? 0  // longest context
+        let att = self.att.reserve(heads * span)
         let scale = 1 / sqrtf(Float(hd)), window = config.slidingWindow
         // A decode step over a short context is a few microseconds of work per head: cheaper
         // on this thread than waking the pool.
-        let inline = count * (p0 + count) * heads * hd < 1 << 18
+        let work = segments.reduce(0) { $0 + $1.count * ($1.firstPosition + $1.count) }
+        let inline = work * heads * hd < 1 << 18
         let body = { (h: Int) in
-            let scores = att + h * capacity, g = h / group
-            for t in 0..<count {
-                let pos = p0 + t, lo = window.map { max(0, pos - $0 + 1) } ?? 0
-                let qh = q + t * qDim + h * hd
-                var maxScore = -Float.infinity
-                for j in lo...pos {
-                    let s = Kernels.dot(qh, keys + j * kvDim + g * hd, count: hd) * scale
-                    scores[j] = s
-                    maxScore = max(maxScore, s)
+            let scores = att + h * span, g = h / group
+            for segment in segments {
+                let keys = segment.cache.keys[layer], values = segment.cache.values[layer]
+                for i in 0..<segment.count {
+                    let t = segment.row + i, pos = segment.firstPosition + i
+                    let lo = window.map { max(0, pos - $0 + 1) } ?? 0
+                    let qh = q + t * qDim + h * hd
+                    var maxScore = -Float.infinity
+                    for j in lo...pos {
+                        let s = Kernels.dot(qh, keys + j * kvDim + g * hd, count: hd) * scale
+                        scores[j] = s
+                        maxScore = max(maxScore, s)
+                    }
+                    var sum: Float = 0
+                    for j in lo...pos {
+                        scores[j] = expf(scores[j] - maxScore)
+                        sum += scores[j]
+                    }
+                    let o = out + t * qDim + h * hd
+                    o.update(repeating: 0, count: hd)
+                    for j in lo...pos { Kernels.axpy(o, scores[j] / sum, values + j * kvDim + g * hd, count: hd) }
                 }
-                var sum: Float = 0
-                for j in lo...pos {
-                    scores[j] = expf(scores[j] - maxScore)
-                    sum += scores[j]
-                }
-                let o = out + t * qDim + h * hd
-                o.update(repeating: 0, count: hd)
-                for j in lo...pos { Kernels.axpy(o, scores[j] / sum, values + j * kvDim + g * hd, count: hd) }
             }
         }
         if inline {

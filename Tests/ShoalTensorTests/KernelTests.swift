@@ -155,6 +155,34 @@ import Testing
         }
     }
 
+    /// A token's result must not depend on the batch it runs in: GEMM over n tokens gives, bit
+    /// for bit, what GEMV gives each token alone, also past one K block (2048 columns) and with
+    /// a ragged tail, on every instruction set and split across threads.
+    @Test(arguments: [DType.f32, .bf16])
+    func gemmEqualsGemvBitForBit(dtype: DType) {
+        var rng = TestRNG(seed: 8)
+        let pool = ComputePool(threads: 2)
+        forEachISA { isa in
+            for (rows, cols) in [(9, 100), (70, 2048), (37, 4100), (13, 6151)] {
+                let W = TestMatrix(dtype, rows: rows, cols: cols, rng: &rng)
+                for n in [2, 7, 17] {
+                    let x = TestBuffer(random: n * cols, rng: &rng)
+                    let batched = TestBuffer(filled: n * rows, with: .nan)
+                    Kernels.gemm(MatMul(matrix: W.matrix, x: x.pointer, ldx: cols, n: n, y: batched.pointer, ldy: rows),
+                                 pool: pool)
+                    for t in 0..<n {
+                        let alone = TestBuffer(filled: rows, with: .nan)
+                        Kernels.gemv(MatVec(matrix: W.matrix, x: x.pointer + t * cols, y: alone.pointer), pool: pool)
+                        let differing = (0..<rows).filter {
+                            (batched.pointer + t * rows)[$0].bitPattern != alone.pointer[$0].bitPattern
+                        }
+                        #expect(differing.isEmpty, "\(isa) \(dtype) \(rows)x\(cols) n=\(n) t=\(t): rows \(differing)")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func dotAndAxpy() {
         var rng = TestRNG(seed: 7)
         forEachISA { isa in
