@@ -11,6 +11,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // SIMD kernels with per-function ISA attributes and a runtime CPUID choice:
@@ -43,18 +44,37 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
+        // A small HTTP/1.1 server over POSIX sockets: a thread per connection, strict parsing,
+        // chunked streaming, and a way to learn that the client went away.
+        .target(name: "ShoalHTTP"),
+        // The coordinator as a service: the continuous-batching scheduler, the OpenAI HTTP API,
+        // the gRPC prompt API and the Prometheus metrics.
+        .target(
+            name: "ShoalServe",
+            dependencies: [
+                "ShoalCluster", "ShoalHTTP", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor", "ShoalTokenizer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         // The subcommands, as a library so tests can drive them.
         .target(
             name: "ShoalCLI",
             dependencies: [
-                "ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor", "ShoalTokenizer",
+                "ShoalCluster", "ShoalHTTP", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalServe", "ShoalTensor",
+                "ShoalTokenizer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(name: "shoal", dependencies: ["ShoalCLI"]),
-        // Test helpers shared by the test targets (the fixtures' location).
-        .target(name: "ShoalTestSupport", path: "Tests/ShoalTestSupport"),
+        // Test helpers shared by the test targets: the fixtures' location, in-process workers.
+        .target(
+            name: "ShoalTestSupport",
+            dependencies: ["ShoalCluster", "ShoalModel", "ShoalRPC", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/ShoalTestSupport"
+        ),
         .testTarget(name: "ShoalTensorTests", dependencies: ["ShoalTensor"]),
         .testTarget(name: "ShoalRPCTests", dependencies: ["ShoalRPC"]),
         .testTarget(name: "ShoalProtocolTests", dependencies: ["ShoalProtocol", "ShoalTensor"]),
@@ -63,6 +83,11 @@ let package = Package(
         .testTarget(
             name: "ShoalClusterTests",
             dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor", "ShoalTestSupport"]
+        ),
+        .testTarget(name: "ShoalHTTPTests", dependencies: ["ShoalHTTP"]),
+        .testTarget(
+            name: "ShoalServeTests",
+            dependencies: ["ShoalServe", "ShoalCluster", "ShoalModel", "ShoalTokenizer", "ShoalHTTP", "ShoalTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

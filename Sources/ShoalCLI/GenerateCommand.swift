@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import ShoalCluster
 import ShoalModel
+import ShoalServe
 import ShoalTensor
 
 /// `shoal generate`: stream a completion of a prompt, a conversation or raw ids.
@@ -10,7 +11,8 @@ struct GenerateCommand: ParsableCommand {
         commandName: "generate",
         abstract: "Generate text, streaming it to stdout; speeds go to stderr.")
 
-    @Option(help: "Model folder (Hugging Face or Mistral layout).") var model: String
+    @Option(help: "Model folder (Hugging Face or Mistral layout).") var model: String?
+    @Option(help: "A coordinator's prompt API, HOST:PORT, instead of --model.") var coordinator: String?
     @Option(help: "Prompt text (BOS is prepended).") var prompt: String?
     @Option(help: "A JSON conversation in the Mistral v1 chat format.") var chat: String?
     @Option(help: "Prompt as comma-separated token ids.") var ids: String?
@@ -27,6 +29,15 @@ struct GenerateCommand: ParsableCommand {
     @Argument(help: "Prompt text, after -- when it begins with '-'.") var text: String?
 
     func validate() throws {
+        guard (model == nil) != (coordinator == nil) else {
+            throw ValidationError("give exactly one of --model FOLDER, --coordinator HOST:PORT")
+        }
+        if let coordinator {
+            guard ClusterOptions.isHostPort(coordinator) else {
+                throw ValidationError("--coordinator takes HOST:PORT, got \(coordinator)")
+            }
+            guard cluster.workers == nil else { throw ValidationError("--workers goes with --model, not --coordinator") }
+        }
         let given = [prompt != nil || text != nil, chat != nil, ids != nil].filter { $0 }.count
         guard given == 1 else { throw ValidationError("give exactly one of --prompt TEXT, --chat FILE, --ids LIST") }
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
@@ -38,7 +49,8 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let engine = try cluster.engine(folder: model, threads: threads)
+            if let coordinator { return try generateRemotely(coordinator) }
+            let engine = try cluster.engine(folder: model!, threads: threads)  // validate() saw one of the two
             let promptIDs: [Int]
             if let ids {
                 promptIDs = try parseIDs(ids)
@@ -69,6 +81,44 @@ struct GenerateCommand: ParsableCommand {
                 printErr("decode " + remote.stats.summary { $0.tokens == 1 }.line)
             }
         }
+    }
+
+    /// The same output from a coordinator's prompt API; the speeds are as the client saw them.
+    private func generateRemotely(_ address: String) throws {
+        let remotePrompt: CoordinatorPrompt
+        if let ids {
+            remotePrompt = .ids(try parseIDs(ids))
+        } else if let chat {
+            remotePrompt = .chat(try readChat(chat))
+        } else {
+            remotePrompt = .text(prompt ?? text ?? "")
+        }
+        let options = CoordinatorGenerateOptions(
+            maxTokens: maxTokens, temperature: temperature, topK: topK, topP: topP, seed: seed, stop: stop,
+            ignoreEOS: ignoreEos)
+        let streaming = !json
+        let result = try blocking {
+            let client = CoordinatorClient(target: address)
+            defer { client.close() }
+            let stdout = FileHandle.standardOutput
+            return try await client.complete(remotePrompt, options: options) { piece in
+                if streaming { stdout.write(Data(piece.utf8)) }
+            }
+        }
+        if json {
+            print("{\"ids\":\(jsonArray(result.ids)),\"text\":\(jsonString(result.text))}")
+        } else {
+            FileHandle.standardOutput.write(Data("\n".utf8))
+        }
+        let done = result.done
+        // Prefill as the coordinator timed it (queueing included); decode between the first
+        // and the last token as they reached this client.
+        let prefillSeconds = done.timeToFirstToken.map(seconds) ?? 0
+        let decodeSeconds = result.firstTokenAfter.map { seconds(result.elapsed - $0) } ?? 0
+        printErr(String(
+            format: "prefill: %d tokens, %.1f tokens/s; decode: %d tokens, %.1f tokens/s; finish: %@",
+            done.promptTokens, Double(done.promptTokens) / max(prefillSeconds, 1e-9), done.completionTokens,
+            Double(max(done.completionTokens - 1, 0)) / max(decodeSeconds, 1e-9), done.finishReason.rawValue))
     }
 }
 

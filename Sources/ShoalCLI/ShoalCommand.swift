@@ -7,8 +7,8 @@ public struct ShoalCommand: ParsableCommand {
         commandName: "shoal",
         abstract: "Run Mixtral-architecture models exactly, on one machine or across several.",
         subcommands: [
-            DemoCommand.self, WorkerCommand.self, GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self,
-            DetokenizeCommand.self, SynthCommand.self, BenchCommand.self,
+            DemoCommand.self, ServeCommand.self, WorkerCommand.self, GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self,
+            DetokenizeCommand.self, SynthCommand.self, BenchCommand.self, LoadCommand.self, ChatCommand.self,
         ])
 
     public init() {}

@@ -19,10 +19,17 @@ public final class ClusterStats {
     }
 
     public private(set) var calls: [Call] = []
+    /// When false nothing is kept: a long-running server reports through metrics instead.
+    public var isRecording = true
+    /// Called with every call as it is recorded (kept or not).
+    public var observer: ((Call) -> Void)?
 
     public init() {}
 
-    func record(_ call: Call) { calls.append(call) }
+    func record(_ call: Call) {
+        observer?(call)
+        if isRecording { calls.append(call) }
+    }
 
     public func reset() { calls.removeAll(keepingCapacity: true) }
 

@@ -7,12 +7,19 @@ import ShoalRPC
 final class Fanout: @unchecked Sendable {
     private let condition = NSCondition()
     private var remaining = 0
-    private var results: [Result<RPCPayload, Error>?] = []
+    private var results: [Answer?] = []
+
+    /// One channel's answer and how long after the call began it arrived.
+    struct Answer {
+        var result: Result<RPCPayload, Error>
+        var elapsed: Duration
+    }
 
     /// Sends `requests[i]` (nil: nothing for that channel) to `channels[i]` and returns each
     /// answer in channel order; nil where nothing was sent.
     func call(_ channels: [RPCChannel], _ method: String, _ requests: [RPCPayload?],
-              timeout: Duration) -> [Result<RPCPayload, Error>?] {
+              timeout: Duration) -> [Answer?] {
+        let start = ContinuousClock.now
         condition.lock()
         results = Array(repeating: nil, count: channels.count)
         remaining = requests.reduce(0) { $0 + ($1 == nil ? 0 : 1) }
@@ -21,7 +28,7 @@ final class Fanout: @unchecked Sendable {
             guard let request else { continue }
             channels[i].unary(method, request: request, timeout: timeout) { [self] result in
                 condition.lock()
-                results[i] = result
+                results[i] = Answer(result: result, elapsed: ContinuousClock.now - start)
                 remaining -= 1
                 if remaining == 0 { condition.signal() }
                 condition.unlock()

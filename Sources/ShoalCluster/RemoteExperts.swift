@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import ShoalModel
 import ShoalProtocol
 import ShoalRPC
@@ -44,6 +45,9 @@ public final class RemoteExperts: ExpertBackend {
 
     public private(set) var workers: [Worker]
     public let stats = ClusterStats()
+    /// Called on the forward pass's thread for every worker's answer to a Compute: worker
+    /// address, time to its answer, whether it failed, request and answer bytes (metrics).
+    public var callObserver: ((_ worker: String, _ elapsed: Duration, _ failed: Bool, _ sent: Int, _ received: Int) -> Void)?
     private let channels: [RPCChannel]
     private let checkpoint: Checkpoint
     private let options: Options
@@ -107,7 +111,7 @@ public final class RemoteExperts: ExpertBackend {
                                   timeout: options.helloTimeout)
         for i in workers.indices {
             do {
-                try accept(hello: answers[i]!, worker: i)
+                try accept(hello: answers[i]!.result, worker: i)
             } catch let error as ClusterError {
                 if case .unreachable = error {
                     workers[i].lastError = error
@@ -117,16 +121,57 @@ public final class RemoteExperts: ExpertBackend {
                 throw error
             }
         }
-        let missing = (0..<c.layers).flatMap { l in
-            (0..<c.experts).filter { e in !holders[l][e].contains { workers[$0].alive } }
-                .map { ExpertKey(layer: l, expert: $0) }
-        }
+        let missing = missingPairs()
+        publishCoverage()
         if !missing.isEmpty {
             throw ClusterError.missingPairs(missing, down: workers.filter { !$0.alive }.map(\.address))
         }
     }
 
     deinit { for channel in channels { channel.close() } }
+
+    // MARK: - Liveness
+
+    /// Whether every (layer, expert) had a live holder at the last call, hello or probe; for
+    /// health checks on other threads.
+    public let coverage = Coverage()
+
+    /// A flag safe to read from any thread.
+    public final class Coverage: Sendable {
+        private let flag = Atomic<Bool>(false)
+        /// True when every (layer, expert) has a live holder.
+        public var isComplete: Bool { flag.load(ordering: .acquiring) }
+        fileprivate func set(_ value: Bool) { flag.store(value, ordering: .releasing) }
+    }
+
+    /// Pairs without a live holder.
+    private func missingPairs() -> [ExpertKey] {
+        let c = checkpoint.config
+        return (0..<c.layers).flatMap { l in
+            (0..<c.experts).filter { e in !holders[l][e].contains { workers[$0].alive } }
+                .map { ExpertKey(layer: l, expert: $0) }
+        }
+    }
+
+    private func publishCoverage() { coverage.set(missingPairs().isEmpty) }
+
+    /// Says hello to every worker again, for a coordinator with nothing to compute: a worker
+    /// that came back serves again, one that stopped answering is marked down (so health
+    /// checks see it before a request does). Call from the forward pass's thread.
+    public func probe() {
+        guard let request = try? helloRequest() else { return }
+        let answers = fanout.call(channels, ExpertServiceMethod.hello,
+                                  Array(repeating: request, count: channels.count), timeout: options.helloTimeout)
+        for w in workers.indices {
+            do {
+                try accept(hello: answers[w]!.result, worker: w)
+            } catch {
+                workers[w].alive = false
+                workers[w].lastError = error as? ClusterError
+            }
+        }
+        publishCoverage()
+    }
 
     private func helloRequest() throws -> RPCPayload {
         var request = Shoal_V1_HelloRequest()
@@ -221,7 +266,12 @@ public final class RemoteExperts: ExpertBackend {
         var received = 0, slowest = Duration.zero
         for w in plans.indices {
             guard let answer = answers[w] else { continue }
-            switch answer {
+            if let callObserver {
+                let failed = if case .failure = answer.result { true } else { false }
+                let size = if case .success(let payload) = answer.result { payload.count } else { 0 }
+                callObserver(workers[w].address, answer.elapsed, failed, requests[w]?.count ?? 0, size)
+            }
+            switch answer.result {
             case .failure(let error):
                 let status = error as? RPCStatus ?? RPCStatus(code: .unknown, message: "\(error)")
                 let failure = ClusterError.computeFailed(
@@ -229,6 +279,7 @@ public final class RemoteExperts: ExpertBackend {
                 if [.unavailable, .deadlineExceeded, .cancelled, .unknown].contains(status.code) {
                     workers[w].alive = false
                     workers[w].lastError = failure
+                    publishCoverage()
                 }
                 throw failure
             case .success(let payload):
@@ -300,10 +351,11 @@ public final class RemoteExperts: ExpertBackend {
         for w in due { requests[w] = request }
         let answers = fanout.call(channels, ExpertServiceMethod.hello, requests, timeout: options.helloTimeout)
         for w in due {
-            do { try accept(hello: answers[w]!, worker: w) } catch let error as ClusterError {
+            do { try accept(hello: answers[w]!.result, worker: w) } catch let error as ClusterError {
                 workers[w].lastError = error
             } catch {}
         }
+        publishCoverage()
     }
 
     /// The Compute request of one plan, with its tokens' rows of `x` encoded for the wire.

@@ -18,30 +18,6 @@ enum Fixtures {
     }
 }
 
-/// Expert workers served from this test process on loopback, port 0, one `RPCServer` each.
-final class LocalCluster {
-    let servers: [RPCServer]
-    let addresses: [String]
-
-    /// One worker per spec (`EXPERTS[@LAYERS]`), over the model in `folder`.
-    init(folder: String, specs: [String]) throws {
-        var servers: [RPCServer] = []
-        for spec in specs {
-            let checkpoint = try Checkpoint(folder: folder)
-            let pairs = try ExpertSpec(spec).pairs(layers: checkpoint.config.layers, experts: checkpoint.config.experts)
-            let worker = try ExpertWorker(checkpoint: checkpoint, pairs: pairs, threads: 1, name: "test \(spec)",
-                                          logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-            servers.append(try RPCServer.start(listen: "127.0.0.1:0", unary: worker.handlers))
-        }
-        self.servers = servers
-        addresses = servers.map { "127.0.0.1:\($0.port)" }
-    }
-
-    func stop() async {
-        for server in servers { await server.shutdown(grace: .zero) }
-    }
-}
-
 /// A coordinator over `folder` whose experts are the given workers.
 func clusterEngine(_ folder: String, _ addresses: [String], wire: WireDTypeChoice = .f32) throws -> Engine {
     var options = RemoteExperts.Options()
@@ -73,17 +49,6 @@ func greedy(_ engine: Engine, _ prompt: [Int], tokens: Int = 24) throws -> [Int]
 
 /// Bit patterns, so that -0 vs 0 and NaN payloads count as differences.
 func bits(_ values: [[Float]]) -> [[UInt32]] { values.map { $0.map(\.bitPattern) } }
-
-/// Runs blocking coordinator work on a thread of its own. A coordinator waits for its workers
-/// synchronously, and these workers answer from Swift concurrency's cooperative pool, which is
-/// as small as the machine (2 threads here): waiting on one of its threads starves them.
-func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        let thread = Thread { continuation.resume(with: Result { try body() }) }
-        thread.stackSize = 8 << 20
-        thread.start()
-    }
-}
 
 /// The error `body` throws, as text, or nil when it throws nothing.
 func errorText(_ body: @escaping @Sendable () throws -> Void) async -> String? {

@@ -1,0 +1,132 @@
+import Foundation
+import Logging
+import ShoalCluster
+import ShoalHTTP
+import ShoalModel
+import ShoalRPC
+
+/// The coordinator as a service: one scheduler over the engine, the OpenAI HTTP API and the
+/// gRPC prompt API in front of it, and the metrics all three report to.
+public final class PromptServer: @unchecked Sendable {
+    /// Where to listen and what to call the model; `shoal serve`'s options.
+    public struct Options: Sendable {
+        /// HTTP `host:port`; port 0 picks a free one. Nil: no HTTP API.
+        public var http: String? = "127.0.0.1:8080"
+        /// gRPC `host:port`; port 0 picks a free one. Nil: no gRPC API.
+        public var grpc: String? = "127.0.0.1:7000"
+        /// The id clients name the model by (`/v1/models`).
+        public var modelName = "mixtral"
+        public var scheduler = Scheduler.Options()
+
+        public init() {}
+    }
+
+    public let scheduler: Scheduler
+    public let metrics: ServeMetrics
+    private let http: HTTPServer?
+    private let grpc: RPCServer?
+
+    /// Starts serving `engine`: the scheduler's thread first, then the listeners.
+    /// - Throws: `ServeError.badAddress` for an unusable `host:port`, or the listener's
+    ///   own error when it cannot bind; nothing keeps running then.
+    public init(engine: Engine, options: Options, log: Logger = Logger(label: "shoal.serve")) throws {
+        let config = engine.model.config
+        let remote = engine.model.experts as? RemoteExperts
+        metrics = ServeMetrics(layers: config.layers, experts: config.experts,
+                               workers: remote?.workers.map(\.address) ?? [])
+        if let remote {
+            // Per call records would grow without end in a server; metrics take over.
+            remote.stats.isRecording = false
+            let metrics = self.metrics
+            remote.stats.observer = { call in metrics.fanOut(seconds: call.elapsed.seconds) }
+            remote.callObserver = { worker, elapsed, failed, sent, received in
+                metrics.workerCall(worker: worker, seconds: elapsed.seconds, failed: failed,
+                                   sentBytes: sent, receivedBytes: received)
+            }
+        }
+        let coverage = remote?.coverage
+        scheduler = Scheduler(
+            engine: engine, options: options.scheduler, metrics: metrics,
+            isReady: { coverage?.isComplete ?? true }, probe: remote.map { remote in { remote.probe() } },
+            log: log)
+        scheduler.start()
+        let metrics = self.metrics, scheduler = self.scheduler
+        do {
+            if let address = options.http {
+                let (host, port) = try Self.split(address)
+                let api = OpenAIAPI(service: scheduler, modelName: options.modelName,
+                                    metricsText: { metrics.render() }, log: log)
+                http = try HTTPServer.start(host: host, port: port) { request, responder in
+                    api.handle(request, responder)
+                }
+            } else {
+                http = nil
+            }
+        } catch {
+            scheduler.shutdown(grace: .zero)
+            throw error
+        }
+        do {
+            if let address = options.grpc {
+                _ = try Self.split(address)
+                let service = CoordinatorService(service: scheduler, modelName: options.modelName) { scheduler.load }
+                grpc = try RPCServer.start(listen: address, unary: service.unaryHandlers,
+                                           serverStreaming: service.streamingHandlers)
+            } else {
+                grpc = nil
+            }
+        } catch {
+            http?.shutdown(grace: .zero)
+            scheduler.shutdown(grace: .zero)
+            throw error
+        }
+    }
+
+    /// The bound HTTP port, nil without HTTP.
+    public var httpPort: Int? { http?.port }
+    /// The bound gRPC port, nil without gRPC.
+    public var grpcPort: Int? { grpc?.port }
+
+    /// Stops taking requests (the listeners close, new submissions are refused), gives
+    /// running ones up to `grace` to finish with their streams still flowing, fails the rest,
+    /// and returns when everything has stopped.
+    public func shutdown(grace: Duration) {
+        let closed = DispatchGroup()
+        if let http {
+            closed.enter()
+            Thread.detachNewThread {
+                http.shutdown(grace: grace + .seconds(1))
+                closed.leave()
+            }
+        }
+        if let grpc {
+            closed.enter()
+            Task {
+                await grpc.shutdown(grace: grace + .seconds(1))
+                closed.leave()
+            }
+        }
+        scheduler.shutdown(grace: grace)
+        closed.wait()
+    }
+
+    /// `"host:port"` → its parts; `[::1]:80` and `:80` (every interface) too.
+    static func split(_ address: String) throws -> (host: String, port: Int) {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
+              (0...65535).contains(port) else { throw ServeError.badAddress(address) }
+        var host = String(address[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host, port)
+    }
+}
+
+/// Why the server could not start.
+public enum ServeError: Error, CustomStringConvertible, Equatable {
+    case badAddress(String)
+
+    public var description: String {
+        switch self {
+        case let .badAddress(address): "'\(address)' is not HOST:PORT"
+        }
+    }
+}

@@ -1,0 +1,84 @@
+"""A real Prometheus server (Debian's `prometheus`) scrapes `shoal serve`'s /metrics after a
+few requests; its query API must then return Shoal's series.
+
+usage: python3 Tests/e2e/test_prometheus.py SHOAL MODEL_DIR
+"""
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+import serve
+
+shoal, model = sys.argv[1], sys.argv[2]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.load(r)
+
+
+proc, base, _ = serve.start_serve(shoal, model)
+for i in range(3):
+    post(base + "/v1/completions", {"prompt": f"Sea number {i}", "max_tokens": 6, "temperature": 0})
+
+target = base.removeprefix("http://")
+work = tempfile.mkdtemp(prefix="shoal-prometheus-")
+with open(f"{work}/prometheus.yml", "w") as f:
+    f.write(f"""global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: shoal
+    static_configs:
+      - targets: ['{target}']
+""")
+port = free_port()
+prom = subprocess.Popen(["prometheus", f"--config.file={work}/prometheus.yml", f"--storage.tsdb.path={work}/data",
+                         f"--web.listen-address=127.0.0.1:{port}"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+serve._started.append(prom)
+
+
+def query(q):
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r)["data"]["result"]
+
+
+wanted = {
+    'up{job="shoal"}': lambda v: v == 1,
+    'shoal_requests_total{outcome="completed"}': lambda v: v == 3,
+    'shoal_completion_tokens_total': lambda v: 3 <= v <= 18,
+    'sum(shoal_expert_tokens_total)': lambda v: v > 0,
+    'shoal_time_to_first_token_seconds_count': lambda v: v == 3,
+    'shoal_kv_cache_tokens_capacity': lambda v: v > 0,
+}
+seen = {}
+deadline = time.time() + 60
+while time.time() < deadline and len(seen) < len(wanted):
+    for q, ok in wanted.items():
+        try:
+            result = query(q)
+        except OSError:
+            break  # not up yet
+        if result and ok(float(result[0]["value"][1])):
+            seen[q] = result[0]["value"][1]
+    time.sleep(1)
+prom.terminate()
+prom.wait(timeout=20)
+code = serve.stop(proc)
+for q in wanted:
+    print(("ok   " if q in seen else "FAIL ") + f"{q} = {seen.get(q, 'missing or wrong')}")
+print(f"serve exit code {code}")
+sys.exit(0 if len(seen) == len(wanted) and code == 0 else 1)
