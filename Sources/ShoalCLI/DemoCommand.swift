@@ -3,11 +3,13 @@ import Dispatch
 import Foundation
 import ShoalCluster
 import ShoalModel
+import ShoalServe
 import ShoalTensor
 
 /// `shoal demo`: the whole cluster on one machine. Worker processes on loopback, a
 /// generation through them streamed to the terminal, then the same generation in one process,
-/// and what the distribution cost.
+/// and what the distribution cost; then `shoal serve` over the same workers, measured with
+/// concurrent streaming clients.
 struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
@@ -15,7 +17,8 @@ struct DemoCommand: ParsableCommand {
         discussion: """
             Without --model it writes a random-weight `mini` checkpoint (1.5 GB, bf16) into --cache
             once and reuses it. The workers split the experts into contiguous ranges; they are
-            stopped when the demo ends, also on Ctrl-C.
+            stopped when the demo ends, also on Ctrl-C. Last, the coordinator is served over HTTP
+            on loopback and --serve-streams clients at a time stream completions from it.
             """)
 
     @Option(help: "Model folder (either layout); default: the cached random mini model.") var model: String?
@@ -26,6 +29,7 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Prompt text.") var prompt = "The shoal of small machines"
     @Option(help: "Tokens to generate (greedy; end-of-sequence ignored).") var maxTokens = 48
     @Option(name: .customLong("wire-dtype"), help: "Activations on the wire: f32 (exact) or bf16.") var wireDType: WireDTypeArgument = .bf16
+    @Option(help: "Concurrent streams served, per round (comma-separated).") var serveStreams = "1,8"
 
     static var defaultCache: String {
         let env = ProcessInfo.processInfo.environment
@@ -37,6 +41,7 @@ struct DemoCommand: ParsableCommand {
         guard workers >= 1, workerThreads >= 1, threads >= 1, maxTokens >= 2 else {
             throw ValidationError("need --workers, --worker-threads, --threads >= 1 and --max-tokens >= 2")
         }
+        _ = try parseCounts(serveStreams)
     }
 
     func run() throws {
@@ -97,7 +102,20 @@ struct DemoCommand: ParsableCommand {
             let same = clustered.ids == single.ids
             say("same tokens as one process: \(same ? "yes" : "no")"
                 + (same || wireDType == .f32 ? "" : " (the bf16 wire rounds activations; --wire-dtype f32 is exact)"))
-            say("stopping the workers")
+
+            // The same coordinator as a service: each step batches every stream's token, so a
+            // layer's experts get one call per worker for all of them.
+            var options = PromptServer.Options()
+            options.http = "127.0.0.1:0"
+            options.grpc = nil
+            options.modelName = "demo"
+            let server = try PromptServer(engine: remoteEngine, options: options)
+            defer { server.shutdown(grace: .zero) }
+            say("\n== shoal serve on http://127.0.0.1:\(server.httpPort!) over the same workers: "
+                + "streams of \(maxTokens) greedy tokens at once (tokens/s: all streams, prefill included)")
+            let load = LoadGenerator(host: "127.0.0.1", port: server.httpPort!, maxTokens: maxTokens, promptWords: 8)
+            try load.report(counts: try parseCounts(serveStreams), rounds: 1, print: { say($0) })
+            say("stopping the server and the workers")
         }
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShoalHTTP
+import Synchronization
 
 /// `shoal load`: concurrent streaming clients against a running `shoal serve`, for the
 /// batching benchmark: aggregate tokens/s, time to first token, and what the server's
@@ -24,17 +25,11 @@ struct LoadCommand: ParsableCommand {
     @Option(help: "Rounds per stream count; medians are reported.") var rounds = 2
 
     func validate() throws {
-        guard (try? counts()) != nil else { throw ValidationError("--streams must list positive integers") }
+        guard (try? parseCounts(streams)) != nil else { throw ValidationError("--streams must list positive integers") }
         guard maxTokens >= 1, promptWords >= 1, rounds >= 1 else {
             throw ValidationError("--max-tokens, --prompt-words and --rounds must be at least 1")
         }
         guard (try? endpoint()) != nil else { throw ValidationError("--url must be http://HOST:PORT") }
-    }
-
-    func counts() throws -> [Int] {
-        let list = streams.split(separator: ",").compactMap { Int($0) }
-        guard !list.isEmpty, list.allSatisfy({ $0 >= 1 }) else { throw ValidationError("bad --streams") }
-        return list
     }
 
     func endpoint() throws -> (host: String, port: Int) {
@@ -48,22 +43,43 @@ struct LoadCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let (host, port) = try endpoint()
-            print("streams  tokens/s  x-of-1  decode/stream  TTFT median  TTFT max  fan-out/layer  worker call")
-            var single: Double?
-            for n in try counts() {
-                var results: [Round] = []
-                for r in 0..<rounds {
-                    results.append(try round(n, seed: r, host: host, port: port))
-                }
-                let tps = median(results.map(\.tokensPerSecond))
-                single = single ?? (n == 1 ? tps : nil)
-                let ratio = single.map { String(format: "%.2fx", tps / $0) } ?? "-"
-                print(String(
-                    format: "%7d  %8.1f  %6@  %13.1f  %9.0f ms  %6.0f ms  %10.2f ms  %8.2f ms",
-                    n, tps, ratio, median(results.map(\.decodePerStream)), median(results.map(\.ttftMedian)) * 1000,
-                    median(results.map(\.ttftMax)) * 1000, median(results.map(\.fanOut)) * 1000,
-                    median(results.map(\.workerCall)) * 1000))
-            }
+            let load = LoadGenerator(host: host, port: port, maxTokens: maxTokens, promptWords: promptWords)
+            try load.report(counts: try parseCounts(streams), rounds: rounds, print: { print($0) })
+        }
+    }
+}
+
+/// `"1,4,16"` → `[1, 4, 16]`.
+func parseCounts(_ list: String) throws -> [Int] {
+    let counts = list.split(separator: ",").compactMap { Int($0) }
+    guard !counts.isEmpty, counts.count == list.split(separator: ",").count, counts.allSatisfy({ $0 >= 1 }) else {
+        throw ValidationError("'\(list)' is not a list of positive integers")
+    }
+    return counts
+}
+
+/// Rounds of concurrent streaming completions against `shoal serve`'s HTTP API.
+struct LoadGenerator {
+    let host: String
+    let port: Int
+    let maxTokens: Int
+    let promptWords: Int
+
+    /// A table: one line per stream count, medians over `rounds`.
+    func report(counts: [Int], rounds: Int, print: (String) -> Void) throws {
+        print("streams  tokens/s  x-of-1  decode/stream  TTFT median  TTFT max  fan-out/layer  worker call")
+        var single: Double?
+        for n in counts {
+            var results: [Round] = []
+            for r in 0..<rounds { results.append(try round(n, seed: r)) }
+            let tps = median(results.map(\.tokensPerSecond))
+            single = single ?? (n == 1 ? tps : nil)
+            let ratio = single.map { String(format: "%.2fx", tps / $0) } ?? "-"
+            print(String(
+                format: "%7d  %8.1f  %6@  %13.1f  %9.0f ms  %6.0f ms  %10.2f ms  %8.2f ms",
+                n, tps, ratio, median(results.map(\.decodePerStream)), median(results.map(\.ttftMedian)) * 1000,
+                median(results.map(\.ttftMax)) * 1000, median(results.map(\.fanOut)) * 1000,
+                median(results.map(\.workerCall)) * 1000))
         }
     }
 
@@ -78,8 +94,8 @@ struct LoadCommand: ParsableCommand {
     }
 
     /// `n` streams at once; returns when all have ended.
-    func round(_ n: Int, seed: Int, host: String, port: Int) throws -> Round {
-        let before = try scrape(host: host, port: port)
+    func round(_ n: Int, seed: Int) throws -> Round {
+        let before = try scrape()
         let outcomes = Mutex<[StreamOutcome?]>(Array(repeating: nil, count: n))
         let group = DispatchGroup()
         let start = ContinuousClock.now
@@ -100,9 +116,9 @@ struct LoadCommand: ParsableCommand {
         }
         group.wait()
         let wall = (ContinuousClock.now - start).seconds
-        let after = try scrape(host: host, port: port)
+        let after = try scrape()
         let all = outcomes.withLock { $0 }.compactMap { $0 }
-        if let failure = all.first(where: { $0.error != nil }) { throw ValidationError(failure.error!) }
+        if let failure = all.first(where: { $0.error != nil }) { throw UsageError.conflicting("a stream failed: \(failure.error!)") }
         let tokens = all.reduce(0) { $0 + $1.tokens }
         let ttft = all.map(\.firstToken).sorted()
         func mean(_ name: String) -> Double {
@@ -155,7 +171,7 @@ struct LoadCommand: ParsableCommand {
     }
 
     /// Every un-labelled sample of the server's /metrics, and labelled ones summed by name.
-    func scrape(host: String, port: Int) throws -> [String: Double] {
+    func scrape() throws -> [String: Double] {
         var text: [UInt8] = []
         _ = try HTTPClient.send(host: host, port: port, method: "GET", path: "/metrics", body: []) { text += $0 }
         var samples: [String: Double] = [:]
@@ -167,8 +183,6 @@ struct LoadCommand: ParsableCommand {
         return samples
     }
 }
-
-import Synchronization
 
 extension Duration {
     fileprivate var seconds: Double {
