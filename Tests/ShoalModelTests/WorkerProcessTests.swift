@@ -100,6 +100,22 @@ import Testing
     }
 }
 
+/// The main job end to end on a fixture: workers, the cluster against one process, then the
+/// served rounds; with the exact wire the tokens must match.
+@Suite struct DemoTests {
+    @Test(.timeLimit(.minutes(2))) func demoRunsEveryPartAndStopsItsWorkers() throws {
+        let model = try Fixtures.path("models/tiny-bf16/hf")
+        let demo = try CLITests().shoal([
+            "demo", "--model", model, "--workers", "2", "--max-tokens", "6", "--wire-dtype", "f32", "--serve-streams", "1,3",
+        ])
+        #expect(demo.status == 0, "\(demo.stderr)")
+        #expect(demo.stdout.contains("same tokens as one process: yes"))
+        let rows = demo.stdout.split(separator: "\n").filter { $0.hasPrefix("      1 ") || $0.hasPrefix("      3 ") }
+        #expect(rows.count == 2, "\(demo.stdout)")
+        #expect(demo.stdout.hasSuffix("stopping the server and the workers\n"))
+    }
+}
+
 /// Bad cluster options on the command line: one clear line, nothing started.
 @Suite struct ClusterOptionTests {
     @Test func badWireDTypeTimeoutAndWorkerCountAreRefused() throws {
