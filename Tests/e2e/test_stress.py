@@ -1,0 +1,128 @@
+"""Hard to break: many clients at once against `shoal serve`, a third of them hanging up
+mid-stream or mid-request, others sending garbage; afterwards nothing is left running, the KV
+cache is all free again, and a request still gives exactly what it gave before.
+
+usage: python3 Tests/e2e/test_stress.py SHOAL MODEL_DIR
+"""
+import json
+import random
+import socket
+import sys
+import threading
+import time
+import urllib.request
+
+import serve
+
+shoal, model = sys.argv[1], sys.argv[2]
+proc, base, _ = serve.start_serve(shoal, model, ["--max-batch", "8", "--max-queue", "64"])
+host, port = base.removeprefix("http://").rsplit(":", 1)
+port = int(port)
+
+
+def post(path, body, timeout=120):
+    req = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.load(r)
+
+
+def metric(name):
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return None
+
+
+probe = {"prompt": "The shoal", "max_tokens": 12, "temperature": 0}
+before = post("/v1/completions", probe)["choices"][0]["text"]
+
+outcomes = {"completed": 0, "hung_up": 0, "garbage_400": 0, "unexpected": []}
+lock = threading.Lock()
+
+
+def raw(request_bytes, read_until=None, hang_up_after=None):
+    s = socket.create_connection((host, port), timeout=60)
+    s.sendall(request_bytes)
+    got = b""
+    try:
+        while True:
+            if hang_up_after is not None and len(got) >= hang_up_after:
+                return got
+            chunk = s.recv(4096)
+            if not chunk:
+                return got
+            got += chunk
+            if read_until and read_until in got:
+                return got
+    finally:
+        s.close()
+
+
+def client(i):
+    rng = random.Random(i)
+    kind = rng.choice(["stream", "plain", "hangup_stream", "hangup_wait", "garbage"])
+    body = json.dumps({"prompt": f"Client {i} says", "max_tokens": rng.randint(4, 40), "temperature": 0.7,
+                       "seed": i, "stream": kind in ("stream", "hangup_stream")}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    try:
+        if kind == "garbage":
+            junk = rng.choice([b"{not json", b'{"prompt": 5}', b'{"prompt": "x", "max_tokens": "many"}', b"[]"])
+            reply = raw(head.replace(str(len(body)).encode(), str(len(junk)).encode()) + junk)
+            ok = reply.startswith(b"HTTP/1.1 400")
+            with lock:
+                outcomes["garbage_400" if ok else "unexpected"] += 1 if ok else [reply[:80]]
+        elif kind == "hangup_stream":
+            raw(head + body, hang_up_after=rng.randint(1, 400))
+            with lock:
+                outcomes["hung_up"] += 1
+        elif kind == "hangup_wait":
+            s = socket.create_connection((host, port), timeout=60)
+            s.sendall(head + body)
+            time.sleep(rng.random() * 0.3)
+            s.close()
+            with lock:
+                outcomes["hung_up"] += 1
+        else:
+            reply = raw(head + body)
+            ok = reply.startswith(b"HTTP/1.1 200") and (b"[DONE]" in reply if kind == "stream" else b'"usage"' in reply)
+            with lock:
+                if ok:
+                    outcomes["completed"] += 1
+                else:
+                    outcomes["unexpected"].append(reply[:120])
+    except Exception as e:  # noqa: BLE001 — every failure is reported below
+        with lock:
+            outcomes["unexpected"].append(repr(e))
+
+
+threads = [threading.Thread(target=client, args=(i,)) for i in range(48)]
+[t.start() for t in threads]
+[t.join(timeout=180) for t in threads]
+
+# Hung-up sequences are dropped at their next step: wait for the scheduler to drain.
+deadline = time.time() + 60
+while time.time() < deadline and (metric("shoal_running_sequences") or metric("shoal_queue_depth")):
+    time.sleep(0.2)
+running, queued, kv = metric("shoal_running_sequences"), metric("shoal_queue_depth"), metric("shoal_kv_cache_tokens_used")
+cancelled = metric('shoal_requests_total{outcome="cancelled"}')
+after = post("/v1/completions", probe)["choices"][0]["text"]
+
+print(f"outcomes: {outcomes}; the server counted {cancelled} cancelled")
+failures = []
+if outcomes["unexpected"]:
+    failures.append(f"unexpected replies: {outcomes['unexpected'][:3]}")
+if outcomes["completed"] == 0 or outcomes["hung_up"] == 0 or outcomes["garbage_400"] == 0:
+    failures.append("every kind of client should have run")
+if not cancelled:
+    failures.append("no hung-up client's sequence was cancelled")
+if (running, queued, kv) != (0, 0, 0):
+    failures.append(f"left behind: running {running}, queued {queued}, KV tokens {kv}")
+if after != before:
+    failures.append(f"the probe changed: {after!r} vs {before!r}")
+code = serve.stop(proc)
+if code != 0:
+    failures.append(f"SIGTERM: exit {code}")
+print("\n".join("FAIL " + f for f in failures) or "ok   48 clients; nothing left running; the same answer after")
+sys.exit(1 if failures else 0)
