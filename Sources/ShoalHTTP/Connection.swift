@@ -25,6 +25,8 @@ struct Connection {
         }
         core.handler(request, responder)
         switch responder.state {
+        case .pending where responder.clientIsGone:
+            return false  // the handler gave up on a client that left: nobody to answer
         case .pending:
             try? responder.respondError(RequestRejection(500, "the server did not produce a response"))
         case .streaming:

@@ -1,6 +1,8 @@
 """Hard to break: many clients at once against `shoal serve`, a third of them hanging up
-mid-stream or mid-request, others sending garbage; afterwards nothing is left running, the KV
-cache is all free again, and a request still gives exactly what it gave before.
+mid-stream or mid-request, others sending garbage; then 1500 randomly mutated HTTP requests
+(bytes flipped, cut, inserted, stray headers). The server must answer each with a 4xx or a
+2xx (never a 500) or close, stay up, leave nothing running, free the KV cache, and still
+give exactly the answer it gave before.
 
 usage: python3 Tests/e2e/test_stress.py SHOAL MODEL_DIR
 """
@@ -100,6 +102,38 @@ def client(i):
 threads = [threading.Thread(target=client, args=(i,)) for i in range(48)]
 [t.start() for t in threads]
 [t.join(timeout=180) for t in threads]
+
+# Mutated requests, each on its own connection, sent whole then half-closed.
+valid_body = json.dumps({"prompt": "hi", "max_tokens": 2}).encode()
+valid = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+         + str(len(valid_body)).encode() + b"\r\n\r\n" + valid_body)
+rng = random.Random(1)
+fuzz_statuses = {}
+for i in range(1500):
+    b = bytearray(valid)
+    for _ in range(rng.randint(1, 8)):
+        op, pos = rng.random(), rng.randrange(len(b))
+        if op < 0.4:
+            b[pos] = rng.randrange(256)
+        elif op < 0.6:
+            del b[pos:pos + rng.randint(1, 10)]
+        elif op < 0.8:
+            b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 20)))
+        else:
+            b[pos:pos] = rng.choice([b"\r\n", b": ", b"Transfer-Encoding: chunked\r\n", b"\x00",
+                                     b"Content-Length: 99999999999999999999\r\n", b"Expect: 100-continue\r\n"])
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(bytes(b))
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    status = reply[9:12].decode(errors="replace") or "closed"
+    fuzz_statuses[status] = fuzz_statuses.get(status, 0) + 1
+    if status.startswith("5") or proc.poll() is not None:
+        outcomes["unexpected"].append(f"mutated request {bytes(b)[:200]!r} -> {reply[:200]!r}")
+        break
+print(f"mutated requests: {fuzz_statuses}")
 
 # Hung-up sequences are dropped at their next step: wait for the scheduler to drain.
 deadline = time.time() + 60
