@@ -29,10 +29,11 @@ struct ClusterOptions: ParsableArguments {
     }
 
     /// Loads `folder` for generation, with remote experts when `--workers` is given.
-    func engine(folder: String, threads: Int) throws -> Engine {
+    /// `startWithMissingPairs`: a service starts before its workers are all up.
+    func engine(folder: String, threads: Int, startWithMissingPairs: Bool = false) throws -> Engine {
         guard let addresses = try addresses() else { return try Engine(folder: folder, threads: threads) }
         return try clusterEngine(folder: folder, threads: threads, workers: addresses, wire: wireDType.value,
-                                 timeoutSeconds: rpcTimeout)
+                                 timeoutSeconds: rpcTimeout, startWithMissingPairs: startWithMissingPairs)
     }
 
     static func isHostPort(_ s: String) -> Bool {
@@ -44,8 +45,9 @@ struct ClusterOptions: ParsableArguments {
 
 /// A coordinator over `folder` whose experts are on `workers`; warnings go to stderr.
 func clusterEngine(folder: String, threads: Int, workers: [String], wire: WireDType,
-                   timeoutSeconds: Double = 30) throws -> Engine {
+                   timeoutSeconds: Double = 30, startWithMissingPairs: Bool = false) throws -> Engine {
     var options = RemoteExperts.Options()
+    options.startWithMissingPairs = startWithMissingPairs
     options.wireDType = wire
     options.timeout = .milliseconds(Int64(timeoutSeconds * 1000))
     options.helloTimeout = min(options.timeout, .seconds(10))

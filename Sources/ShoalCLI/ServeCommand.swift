@@ -61,7 +61,9 @@ struct ServeCommand: ParsableCommand {
                 source.resume()
                 return source
             }
-            let engine = try cluster.engine(folder: model, threads: threads)
+            // Workers may come up after the service (systemd starts them in any order): /health
+            // is 503 until every pair has a live holder.
+            let engine = try cluster.engine(folder: model, threads: threads, startWithMissingPairs: true)
             let config = engine.model.config
             let bytesPerToken = 2 * config.layers * config.kvHeads * config.headDim * 4
             var options = PromptServer.Options()
@@ -75,7 +77,9 @@ struct ServeCommand: ParsableCommand {
             options.scheduler.kvCacheTokens = kvCacheTokens ?? max(1, (4 << 30) / bytesPerToken)
             let server = try PromptServer(engine: engine, options: options, log: log)
             let kv = options.scheduler.kvCacheTokens
-            let experts = (engine.model.experts as? RemoteExperts).map { "\($0.workers.count) workers" } ?? "local experts"
+            let experts = (engine.model.experts as? RemoteExperts).map { remote in
+                "\(remote.workers.count) workers" + (remote.coverage.isComplete ? "" : ", some pairs not served yet: /health is 503")
+            } ?? "local experts"
             // Written unbuffered: whoever started us may wait for this line on a pipe.
             FileHandle.standardOutput.write(Data((
                 "shoal serve ready: http \(server.httpPort.map { address(http, $0) } ?? "off"), "

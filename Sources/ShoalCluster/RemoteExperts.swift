@@ -27,6 +27,10 @@ public final class RemoteExperts: ExpertBackend {
         /// Deadline of one Hello.
         public var helloTimeout: Duration = .seconds(10)
         public var security: RPCSecurity = .insecure
+        /// Start even when some pairs have no reachable holder (a service whose workers come
+        /// up after it): calls needing them fail, `coverage` says so, and `probe()` picks the
+        /// workers up once they answer. A worker of another model is still refused.
+        public var startWithMissingPairs = false
         public init() {}
     }
 
@@ -84,8 +88,9 @@ public final class RemoteExperts: ExpertBackend {
     ///
     /// - Throws: `ClusterError.refused` for a worker of another model or protocol (even if the
     ///   others cover every pair: a misconfigured cluster should not limp on), and
-    ///   `.missingPairs` when some pair has no reachable holder. An unreachable worker whose
-    ///   pairs others hold is only reported through `warn`.
+    ///   `.missingPairs` when some pair has no reachable holder (unless
+    ///   `startWithMissingPairs`). An unreachable worker whose pairs others hold is only
+    ///   reported through `warn`.
     /// - Parameter pool: the coordinator's compute pool, sent to sleep while a layer waits for
     ///   its workers (they may share this machine's cores).
     public init(checkpoint: Checkpoint, workers addresses: [String], options: Options = Options(),
@@ -124,7 +129,9 @@ public final class RemoteExperts: ExpertBackend {
         let missing = missingPairs()
         publishCoverage()
         if !missing.isEmpty {
-            throw ClusterError.missingPairs(missing, down: workers.filter { !$0.alive }.map(\.address))
+            let error = ClusterError.missingPairs(missing, down: workers.filter { !$0.alive }.map(\.address))
+            guard options.startWithMissingPairs else { throw error }
+            warn("\(error); starting anyway, they are served once a holder answers")
         }
     }
 

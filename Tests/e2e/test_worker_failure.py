@@ -1,11 +1,13 @@
-"""A worker dies under `shoal serve` and comes back: requests fail naming it while a pair
-has no holder, /health turns 503 without any request (the idle probe), the server stays up,
-and once the worker is back /health is 200 again and answers are what they were.
+"""Workers that come up after `shoal serve`, then one that dies under it and comes back:
+/health is 503 until every pair has a holder (the idle probe notices without any request),
+requests fail naming the worker or the pairs meanwhile, the server stays up, and once the
+worker is back answers are what they were.
 
 usage: python3 Tests/e2e/test_worker_failure.py SHOAL MODEL_DIR
 """
 import json
 import re
+import socket
 import sys
 import time
 import urllib.error
@@ -57,10 +59,15 @@ def start_worker(spec, listen):
 
 
 _, a = start_worker("0-3", "127.0.0.1:0")
-b_proc, b = start_worker("4-7", "127.0.0.1:0")
+with socket.socket() as s:  # a free port for the worker that starts late
+    s.bind(("127.0.0.1", 0))
+    b = f"127.0.0.1:{s.getsockname()[1]}"
 proc, base, _ = serve.start_serve(shoal, model, ["--workers", f"{a},{b}", "--rpc-timeout", "5"])
-
-check(health(base) == 200, "healthy with both workers")
+check(health(base) == 503, "started before a worker: /health 503")
+status, message = complete(base)
+check(status == 503 and "no live worker" in message, f"a request meanwhile names the pairs: {message[:80]!r}")
+b_proc, _ = start_worker("4-7", b)
+check(wait_for(base, 200, 15), "healthy once the late worker is up (no request needed)")
 status, text = complete(base)
 check(status == 200, f"a completion: {text!r}")
 
