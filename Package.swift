@@ -84,7 +84,7 @@ let package = Package(
             name: "ShoalClusterTests",
             dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor", "ShoalTestSupport"]
         ),
-        .testTarget(name: "ShoalHTTPTests", dependencies: ["ShoalHTTP"]),
+        .testTarget(name: "ShoalHTTPTests", dependencies: ["ShoalHTTP", "ShoalTestSupport"]),
         .testTarget(
             name: "ShoalServeTests",
             dependencies: ["ShoalServe", "ShoalCluster", "ShoalModel", "ShoalTokenizer", "ShoalHTTP", "ShoalTestSupport"]

@@ -46,21 +46,9 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let level = logLevel
-            LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
-            }
+            bootstrapLogging(logLevel)
             let log = Logger(label: "shoal.serve")
-            let stop = DispatchSemaphore(value: 0)
-            let signals = [SIGINT, SIGTERM].map { number -> DispatchSourceSignal in
-                signal(number, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-                source.setEventHandler { stop.signal() }
-                source.resume()
-                return source
-            }
+            let stop = StopSignal()
             // Workers may come up after the service (systemd starts them in any order): /health
             // is 503 until every pair has a live holder.
             let engine = try cluster.engine(folder: model, threads: threads, startWithMissingPairs: true)
@@ -88,7 +76,6 @@ struct ServeCommand: ParsableCommand {
             stop.wait()
             log.info("stopping", metadata: ["grace_seconds": "\(grace)"])
             server.shutdown(grace: .milliseconds(Int64(grace * 1000)))
-            withExtendedLifetime(signals) {}
             log.info("stopped")
         }
     }

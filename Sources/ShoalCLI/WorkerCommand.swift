@@ -37,12 +37,7 @@ struct WorkerCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let level = logLevel
-            LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
-            }
+            bootstrapLogging(logLevel)
             let logger = Logger(label: "shoal.worker")
             let checkpoint = try Checkpoint(folder: model)
             let config = checkpoint.config
@@ -51,14 +46,7 @@ struct WorkerCommand: ParsableCommand {
                 checkpoint: checkpoint, pairs: pairs, threads: threads, maxTokens: maxTokens,
                 name: name ?? "shoal-worker@\(ProcessInfo.processInfo.hostName)", logger: logger)
             // Signals are taken before the server starts, so none is lost between the two.
-            let stop = DispatchSemaphore(value: 0)
-            let signals = [SIGINT, SIGTERM].map { number -> DispatchSourceSignal in
-                signal(number, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-                source.setEventHandler { stop.signal() }
-                source.resume()
-                return source
-            }
+            let stop = StopSignal()
             let server = try RPCServer.start(listen: listen, unary: worker.handlers)
             let host = listen[..<(listen.lastIndex(of: ":") ?? listen.endIndex)]
             let address = "\(host):\(server.port)"
@@ -77,13 +65,40 @@ struct WorkerCommand: ParsableCommand {
                 stopped.signal()
             }
             stopped.wait()
-            withExtendedLifetime(signals) {}
             logger.info("stopped")
         }
     }
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Log lines to stderr at `level` and above, for the daemons (`worker`, `serve`).
+func bootstrapLogging(_ level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}
+
+/// SIGINT and SIGTERM, taken from the moment this is made: `wait()` returns once either
+/// arrives (the daemons then stop gracefully and exit 0).
+final class StopSignal {
+    private let semaphore = DispatchSemaphore(value: 0)
+    private var sources: [DispatchSourceSignal] = []
+
+    init() {
+        sources = [SIGINT, SIGTERM].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { [semaphore] in semaphore.signal() }
+            source.resume()
+            return source
+        }
+    }
+
+    func wait() { semaphore.wait() }
+}
 
 /// `1536000000` → `"1.54 GB"`.
 func formatBytes(_ n: Int) -> String {

@@ -1,5 +1,6 @@
 import Foundation
 import ShoalHTTP
+import ShoalTestSupport
 import Synchronization
 
 #if canImport(Glibc)
@@ -31,21 +32,7 @@ final class RawClient {
     private var buffer: [UInt8] = []
 
     init(port: Int, timeout: Duration = .seconds(5)) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else {
-            Glibc.close(fd)
-            throw Failure(description: "connect: errno \(errno)")
-        }
-        var tv = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        fd = try connectToLoopback(port: port, timeoutSeconds: Int(timeout.components.seconds))
     }
 
     deinit { Glibc.close(fd) }

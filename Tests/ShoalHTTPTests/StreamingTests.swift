@@ -1,5 +1,6 @@
 import Foundation
 import ShoalHTTP
+import ShoalTestSupport
 import Synchronization
 import Testing
 
@@ -106,7 +107,7 @@ struct StreamingTests {
         let response = try client.readResponse()
         #expect(response.text == "01234")
         #expect(try client.readToEnd().isEmpty)
-        #expect(throws: RawClient.Failure.self) { try RawClient(port: server.port) }
+        #expect(throws: LoopbackError.self) { try RawClient(port: server.port) }
     }
 
     @Test func shutdownCutsLongStreamsAfterGrace() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import ShoalCluster
+import ShoalHTTP
 import ShoalModel
 import ShoalServe
 import ShoalTestSupport
@@ -105,8 +106,7 @@ struct StreamResult: Sendable {
     var text: String { pieces.joined() }
 }
 
-/// A minimal blocking HTTP/1.1 client for server-sent events: one request per connection
-/// (`Connection: close`), chunked body decoded, `data:` lines parsed as OpenAI chunks.
+/// Streams one completion through `HTTPClient` and parses its server-sent events.
 enum SSEClient {
     struct Failure: Error, CustomStringConvertible {
         let description: String
@@ -114,16 +114,12 @@ enum SSEClient {
     }
 
     static func stream(port: Int, path: String, json: Data) throws -> StreamResult {
-        let head = "POST \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            + "Content-Length: \(json.count)\r\nConnection: close\r\n\r\n"
-        let raw = try exchange(port: port, Array(head.utf8) + Array(json))
-        guard let split = raw.firstRange(of: Array("\r\n\r\n".utf8)) else { throw Failure("no header end") }
-        let headers = String(decoding: raw[..<split.lowerBound], as: UTF8.self)
-        guard headers.hasPrefix("HTTP/1.1 200") else { throw Failure("status: \(headers)") }
-        let payload = headers.lowercased().contains("transfer-encoding: chunked")
-            ? try dechunk(Array(raw[split.upperBound...])) : Array(raw[split.upperBound...])
+        var body: [UInt8] = []
+        let status = try HTTPClient.send(host: "127.0.0.1", port: port, method: "POST", path: path, body: Array(json),
+                                         timeoutSeconds: 60) { body += $0 }
+        guard status == 200 else { throw Failure("status \(status): \(String(decoding: body, as: UTF8.self))") }
         var result = StreamResult()
-        for line in String(decoding: payload, as: UTF8.self).split(separator: "\n") where line.hasPrefix("data: ") {
+        for line in String(decoding: body, as: UTF8.self).split(separator: "\n") where line.hasPrefix("data: ") {
             let data = line.dropFirst(6)
             if data == "[DONE]" { result.sawDone = true; continue }
             let chunk = try JSONSerialization.jsonObject(with: Data(data.utf8)) as? [String: Any]
@@ -135,49 +131,6 @@ enum SSEClient {
             }
         }
         return result
-    }
-
-    /// Sends `request`, returns every byte until the server closes (60 s at most).
-    static func exchange(port: Int, _ request: [UInt8]) throws -> [UInt8] {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw Failure("socket") }
-        defer { close(fd) }
-        var timeout = timeval(tv_sec: 60, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { throw Failure("connect: errno \(errno)") }
-        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
-            throw Failure("send")
-        }
-        var response: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n == 0 { return response }
-            guard n > 0 else { throw Failure("recv: errno \(errno) after \(response.count) bytes") }
-            response += buffer[0..<n]
-        }
-    }
-
-    /// The body of a chunked transfer.
-    static func dechunk(_ bytes: [UInt8]) throws -> [UInt8] {
-        var out: [UInt8] = [], i = 0
-        while true {
-            guard let end = bytes[i...].firstRange(of: Array("\r\n".utf8)),
-                  let size = Int(String(decoding: bytes[i..<end.lowerBound], as: UTF8.self)
-                      .split(separator: ";")[0], radix: 16) else { throw Failure("bad chunk size") }
-            if size == 0 { return out }
-            let start = end.upperBound
-            guard start + size + 2 <= bytes.count else { throw Failure("truncated chunk") }
-            out += bytes[start..<start + size]
-            i = start + size + 2
-        }
     }
 }
 

@@ -20,6 +20,20 @@ import Testing
         }
     }
 
+    /// Starts `scheduler`, submits every request at once, waits for all to end (60 s at most)
+    /// and stops it.
+    static func runAll(_ requests: [GenerationRequest], on scheduler: Scheduler) throws -> [EventLog] {
+        scheduler.start()
+        defer { scheduler.shutdown(grace: .zero) }
+        let runs = try requests.map { request in
+            let run = EventLog()
+            _ = try scheduler.submit(request, onEvent: run.add)
+            return run
+        }
+        for run in runs { _ = run.summary(within: 60) }
+        return runs
+    }
+
     // The engine's compute and the scheduler's waits run in `offPool`: they must not hold
     // Swift concurrency's few pool threads, which other suites' RPCs need meanwhile.
 
@@ -34,14 +48,7 @@ import Testing
             var options = Scheduler.Options()
             options.stepTokens = 6
             let scheduler = Scheduler(engine: engine, options: options)
-            scheduler.start()
-            defer { scheduler.shutdown(grace: .zero) }
-            let runs = try requests.map { request in
-                let run = EventLog()
-                _ = try scheduler.submit(request, onEvent: run.add)
-                return run
-            }
-            for run in runs { _ = run.summary(within: 60) }
+            let runs = try Self.runAll(requests, on: scheduler)
             return (alone, runs)
         }
         for (i, run) in runs.enumerated() {
@@ -65,14 +72,7 @@ import Testing
             options.kvCacheTokens = requests.map { $0.prompt.count + $0.parameters.maxTokens }.max()! + 40
             let metrics = ServeMetrics(layers: engine.model.config.layers, experts: engine.model.config.experts, workers: [])
             let scheduler = Scheduler(engine: engine, options: options, metrics: metrics)
-            scheduler.start()
-            defer { scheduler.shutdown(grace: .zero) }
-            let runs = try requests.map { request in
-                let run = EventLog()
-                _ = try scheduler.submit(request, onEvent: run.add)
-                return run
-            }
-            for run in runs { _ = run.summary(within: 60) }
+            let runs = try Self.runAll(requests, on: scheduler)
             return (alone, runs, metrics.render())
         }
         for (i, run) in runs.enumerated() {

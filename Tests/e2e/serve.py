@@ -70,6 +70,22 @@ def start_serve(shoal, model, extra=()):
     return proc, f"http://{http}", grpc
 
 
+class Checks:
+    """Prints each check as ok/FAIL; `finish()` exits 1 if any failed."""
+
+    def __init__(self):
+        self.failures = []
+
+    def __call__(self, ok, what):
+        print(("ok   " if ok else "FAIL ") + what)
+        if not ok:
+            self.failures.append(what)
+
+    def finish(self):
+        print(f"{len(self.failures)} failure(s)")
+        sys.exit(1 if self.failures else 0)
+
+
 def stop(proc, timeout=30):
     """SIGTERM, then the exit code (killed after `timeout`)."""
     proc.send_signal(signal.SIGTERM)

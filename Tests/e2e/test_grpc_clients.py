@@ -11,13 +11,7 @@ import sys
 import serve
 
 shoal, model = sys.argv[1], sys.argv[2]
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
+check = serve.Checks()
 
 
 def run(args, stdin=None):
@@ -48,5 +42,4 @@ check(bad.returncode == 1 and "error:" in bad.stderr and "99999" in bad.stderr,
 
 code = serve.stop(proc)
 check(code == 0, f"SIGTERM: exit {code}")
-print(f"{len(failures)} failure(s)")
-sys.exit(1 if failures else 0)
+check.finish()

@@ -14,13 +14,7 @@ import openai
 import serve
 
 shoal, model = sys.argv[1], sys.argv[2]
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
+check = serve.Checks()
 
 
 def generate_alone(args, max_tokens):
@@ -109,5 +103,4 @@ check(r.choices[0].text == completion_alone, "still serving after the errors")
 
 code = serve.stop(proc)
 check(code == 0, f"SIGTERM: exit {code}")
-print(f"{len(failures)} failure(s)")
-sys.exit(1 if failures else 0)
+check.finish()

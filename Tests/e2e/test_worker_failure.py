@@ -16,13 +16,7 @@ import urllib.request
 import serve
 
 shoal, model = sys.argv[1], sys.argv[2]
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
+check = serve.Checks()
 
 
 def health(base):
@@ -86,5 +80,4 @@ check(status == 200 and again == text, f"the same answer as before: {again!r}")
 
 code = serve.stop(proc)
 check(code == 0, f"SIGTERM: exit {code}")
-print(f"{len(failures)} failure(s)")
-sys.exit(1 if failures else 0)
+check.finish()
