@@ -258,7 +258,7 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
         let started = ContinuousClock.now
         let logits: UnsafeBufferPointer<Float>
         do {
-            logits = try model.forward(batch: entries)
+            logits = try forwardRetryingOnce(entries)
         } catch {
             log.error("step of \(members.count) sequence(s) failed: \(error)")
             for sequence in members {
@@ -282,6 +282,19 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
         }
         for sequence in ended { release(sequence) }
         if !ended.isEmpty { publishLoad() }
+    }
+
+    /// The step's forward pass; when it fails and every expert still has a live holder (the
+    /// failed worker had a replica), once more. A failed pass leaves the caches' lengths as
+    /// they were, so the retry rewrites the same positions.
+    private func forwardRetryingOnce(_ entries: [(tokens: [Int], cache: KVCache)]) throws -> UnsafeBufferPointer<Float> {
+        do {
+            return try model.forward(batch: entries)
+        } catch {
+            guard readiness() else { throw error }
+            log.warning("step failed, retrying on the remaining holders: \(error)")
+            return try model.forward(batch: entries)
+        }
     }
 
     /// Takes `sequence` out of the batch and frees its cache.
