@@ -248,7 +248,7 @@ public final class MixtralModel {
     private func attention(layer: Int, _ segments: [Segment], out: UnsafeMutablePointer<Float>) {
         let hd = config.headDim, heads = config.heads, group = config.heads / config.kvHeads
         let qDim = heads * hd, kvDim = config.kvHeads * hd, q = self.q.pointer
-        let span = segments.map { $0.firstPosition + $0.count }.max() ?? 0  // longest context
+        let span = segments.reduce(0) { max($0, $1.firstPosition + $1.count) }  // longest context
         let att = self.att.reserve(heads * span)
         let scale = 1 / sqrtf(Float(hd)), window = config.slidingWindow
         // A decode step over a short context is a few microseconds of work per head: cheaper

@@ -75,9 +75,9 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
         let c = engine.model.config
         bytesPerCachedToken = 2 * c.layers * c.kvHeads * c.headDim * MemoryLayout<Float>.size
         if let metrics {
-            let experts = c.experts
+            var counts = [Int](repeating: 0, count: c.experts)  // reused: this runs per layer
             model.routeObserver = { layer, routes in
-                var counts = [Int](repeating: 0, count: experts)
+                for e in counts.indices { counts[e] = 0 }
                 for e in routes.experts[0..<(routes.tokenCount * routes.k)] { counts[Int(e)] += 1 }
                 for (e, n) in counts.enumerated() where n > 0 { metrics.routed(layer: layer, expert: e, tokens: n) }
             }
