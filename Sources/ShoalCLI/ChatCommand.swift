@@ -116,9 +116,3 @@ private final class ResultBox<T: Sendable>: Sendable {
     func set(_ value: Result<T, Error>) { result.withLock { $0 = value } }
     func take() -> Result<T, Error> { result.withLock { $0! } }
 }
-
-/// A duration in seconds.
-func seconds(_ duration: Duration) -> Double {
-    let (whole, fraction) = duration.components
-    return Double(whole) + Double(fraction) * 1e-18
-}

@@ -113,8 +113,8 @@ struct GenerateCommand: ParsableCommand {
         let done = result.done
         // Prefill as the coordinator timed it (queueing included); decode between the first
         // and the last token as they reached this client.
-        let prefillSeconds = done.timeToFirstToken.map(seconds) ?? 0
-        let decodeSeconds = result.firstTokenAfter.map { seconds(result.elapsed - $0) } ?? 0
+        let prefillSeconds = done.timeToFirstToken?.seconds ?? 0
+        let decodeSeconds = result.firstTokenAfter.map { (result.elapsed - $0).seconds } ?? 0
         printErr(String(
             format: "prefill: %d tokens, %.1f tokens/s; decode: %d tokens, %.1f tokens/s; finish: %@",
             done.promptTokens, Double(done.promptTokens) / max(prefillSeconds, 1e-9), done.completionTokens,

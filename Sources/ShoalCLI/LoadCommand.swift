@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShoalHTTP
+import ShoalTensor
 import Synchronization
 
 /// `shoal load`: concurrent streaming clients against a running `shoal serve`, for the
@@ -181,12 +182,5 @@ struct LoadGenerator {
             samples[name, default: 0] += value
         }
         return samples
-    }
-}
-
-extension Duration {
-    fileprivate var seconds: Double {
-        let (s, atto) = components
-        return Double(s) + Double(atto) * 1e-18
     }
 }

@@ -53,7 +53,7 @@ struct ServeCommand: ParsableCommand {
             // is 503 until every pair has a live holder.
             let engine = try cluster.engine(folder: model, threads: threads, startWithMissingPairs: true)
             let config = engine.model.config
-            let bytesPerToken = 2 * config.layers * config.kvHeads * config.headDim * 4
+            let bytesPerToken = config.kvCacheBytesPerPosition
             var options = PromptServer.Options()
             options.http = http == "off" ? nil : http
             options.grpc = grpc == "off" ? nil : grpc

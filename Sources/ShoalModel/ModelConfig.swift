@@ -33,6 +33,9 @@ public struct ModelConfig: Sendable, Equatable, Codable {
         self.bosId = bosId; self.eosId = eosId; self.tiedEmbeddings = tiedEmbeddings
     }
 
+    /// Bytes one position takes in a `KVCache`: keys and values of every layer, float32.
+    public var kvCacheBytesPerPosition: Int { 2 * layers * kvHeads * headDim * MemoryLayout<Float>.size }
+
     /// Checks the numbers a forward pass relies on.
     public func validate(source: String) throws {
         func need(_ ok: Bool, _ what: String) throws {

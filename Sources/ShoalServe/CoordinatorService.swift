@@ -2,6 +2,7 @@ import ShoalCluster
 import ShoalModel
 import ShoalProtocol
 import ShoalRPC
+import ShoalTensor
 import ShoalTokenizer
 import SwiftProtobuf
 
@@ -122,8 +123,8 @@ public struct CoordinatorService: Sendable {
                 throw invalid("stop[\(index)]: must be 1 to \(Self.maxStopBytes) bytes, got \(stop.utf8.count)")
             }
         }
-        // 0 asks for the rest of the context; at least 1, so a full prompt gets the
-        // scheduler's context-overflow message.
+        // 0: the service's default (at least 1, so a full prompt gets the scheduler's
+        // context-overflow message).
         let maxTokens = message.maxTokens == 0
             ? service.defaultMaxTokens(promptTokens: prompt.count) : Int(message.maxTokens)
         let sampling = SamplingParameters(
@@ -140,10 +141,7 @@ public struct CoordinatorService: Sendable {
         done.finishReason = summary.finishReason.rawValue
         done.promptTokens = UInt32(clamping: summary.promptTokens)
         done.completionTokens = UInt32(clamping: summary.completionTokens)
-        if let first = summary.timeToFirstToken {
-            let (seconds, attoseconds) = first.components
-            done.timeToFirstTokenSeconds = Double(seconds) + Double(attoseconds) * 1e-18
-        }
+        if let first = summary.timeToFirstToken { done.timeToFirstTokenSeconds = first.seconds }
         return done
     }
 

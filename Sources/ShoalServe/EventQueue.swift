@@ -1,4 +1,5 @@
 import Foundation
+import ShoalTensor
 
 /// Carries a sequence's events from the scheduler's thread, which must never wait, to the
 /// connection's thread, which waits for them.
@@ -19,7 +20,7 @@ final class EventQueue: @unchecked Sendable {
     /// Every event pushed since the last call, in order, waiting up to `limit` for one; empty
     /// when none came.
     func take(waitingUpTo limit: Duration) -> [GenerationEvent] {
-        let deadline = Date(timeIntervalSinceNow: Double(limit.components.seconds) + Double(limit.components.attoseconds) * 1e-18)
+        let deadline = Date(timeIntervalSinceNow: limit.seconds)
         condition.lock()
         defer { condition.unlock() }
         while events.isEmpty, condition.wait(until: deadline) {}

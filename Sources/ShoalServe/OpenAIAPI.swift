@@ -77,8 +77,8 @@ public final class OpenAIAPI: Sendable {
 
     private func complete(_ kind: CompletionKind, prompt: [Int], options: CompletionOptions,
                           _ responder: HTTPResponder) throws(APIError) {
-        // Without max_tokens, the rest of the context; at least 1, so that a prompt filling the
-        // context gets the scheduler's overflow message.
+        // Without max_tokens, the service's default (at least 1, so that a prompt filling the
+        // context gets the scheduler's overflow message).
         let maxTokens = options.maxTokens ?? service.defaultMaxTokens(promptTokens: prompt.count)
         let request = GenerationRequest(
             prompt: prompt,

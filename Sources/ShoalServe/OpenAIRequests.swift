@@ -51,7 +51,7 @@ struct CompletionOptions {
     /// Most stop strings, as OpenAI allows.
     static let maxStopStrings = 4
 
-    /// Nil: the rest of the context.
+    /// Nil: the service's default (`GenerationService.defaultMaxTokens`).
     var maxTokens: Int?
     var sampling: SamplingParameters
     var stop: [String]

@@ -4,6 +4,7 @@ import ShoalCluster
 import ShoalHTTP
 import ShoalModel
 import ShoalRPC
+import ShoalTensor
 
 /// The coordinator as a service: one scheduler over the engine, the OpenAI HTTP API and the
 /// gRPC prompt API in front of it, and the metrics all three report to.

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import ShoalModel
+import ShoalTensor
 import ShoalTokenizer
 import Synchronization
 
@@ -73,7 +74,7 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
         self.log = log
         readiness = isReady
         let c = engine.model.config
-        bytesPerCachedToken = 2 * c.layers * c.kvHeads * c.headDim * MemoryLayout<Float>.size
+        bytesPerCachedToken = c.kvCacheBytesPerPosition
         if let metrics {
             var counts = [Int](repeating: 0, count: c.experts)  // reused: this runs per layer
             model.routeObserver = { layer, routes in
@@ -376,12 +377,4 @@ private final class Ticket: GenerationTicket {
     private let flag = Atomic<Bool>(false)
     var isCancelled: Bool { flag.load(ordering: .acquiring) }
     func cancel() { flag.store(true, ordering: .releasing) }
-}
-
-extension Duration {
-    /// This duration in seconds, as a Double.
-    var seconds: Double {
-        let (s, attoseconds) = components
-        return Double(s) + Double(attoseconds) * 1e-18
-    }
 }

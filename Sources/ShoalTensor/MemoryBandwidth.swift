@@ -27,9 +27,7 @@ public enum MemoryBandwidth {
                     sums[part] = shoal_read_sum_f32(buffer + range.lowerBound, range.count)
                 }
             }
-            let seconds = Double(elapsed.components.seconds)
-                + Double(elapsed.components.attoseconds) * 1e-18
-            rates.append(Double(count * 4) / seconds / 1e9)
+            rates.append(Double(count * 4) / elapsed.seconds / 1e9)
         }
         rates.sort()
         return rates[rates.count / 2]
