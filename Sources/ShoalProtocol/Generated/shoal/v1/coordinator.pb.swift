@@ -106,7 +106,8 @@ public nonisolated struct Shoal_V1_GenerateRequest: Sendable {
     set {prompt = .ids(newValue)}
   }
 
-  /// Most tokens to generate; 0: as many as the model's context leaves after the prompt.
+  /// Most tokens to generate; 0: the server's default (shoal serve --default-max-tokens,
+  /// within the context).
   public var maxTokens: UInt32 = 0
 
   /// 0 is greedy.

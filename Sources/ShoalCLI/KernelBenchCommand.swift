@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import ShoalTensor
+
+/// `shoal bench-kernels`: one bf16 matrix product at several token counts, for kernel work.
+struct KernelBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-kernels",
+        abstract: "Time the bf16 matrix product (GEMV for 1 token, GEMM for more) at several token counts.",
+        discussion: """
+            Each timing runs the product over --matrices distinct random matrices in turn, so
+            their weights come from memory as in decode, and reports the median over --repeats
+            of the time per product, the weight bytes streamed per second and the multiply-adds.
+            The default shape is a Mixtral-mini expert's w1 (3584 x 1024).
+            """)
+
+    @Option(help: "Rows of each matrix.") var rows = 3584
+    @Option(help: "Columns of each matrix.") var cols = 1024
+    @Option(help: "Distinct matrices, used in turn.") var matrices = 8
+    @Option(help: "Comma-separated token counts.") var tokens = "1,2,4,8,16,64"
+    @Option(help: "Compute threads.") var threads = 1
+    @Option(help: "Repeats; medians are reported.") var repeats = 5
+
+    func validate() throws {
+        guard rows >= 1, cols >= 1, matrices >= 1, threads >= 1, repeats >= 1 else {
+            throw ValidationError("--rows, --cols, --matrices, --threads and --repeats must be at least 1")
+        }
+        _ = try parseCounts(tokens)
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let counts = try parseCounts(tokens)
+            let n = counts.max()!
+            let pool = ComputePool(threads: threads)
+            let elements = rows * cols
+            let weights = UnsafeMutablePointer<UInt16>.allocate(capacity: matrices * elements)
+            defer { weights.deallocate() }
+            var rng = SplitMix64(seed: 1)
+            for i in 0..<(matrices * elements) { weights[i] = 0x3c00 | UInt16(truncatingIfNeeded: rng.next() & 0x7f) }
+            let x = UnsafeMutablePointer<Float>.allocate(capacity: n * cols)
+            let y = UnsafeMutablePointer<Float>.allocate(capacity: n * rows)
+            defer { x.deallocate(); y.deallocate() }
+            for i in 0..<(n * cols) { x[i] = Float(i % 17) * 0.01 }
+            let all = (0..<matrices).map {
+                Matrix(dtype: .bf16, rows: rows, cols: cols, base: UnsafeRawPointer(weights + $0 * elements))
+            }
+            print("\(rows) x \(cols) bf16, \(matrices) matrices, \(threads) thread(s), kernels: \(Kernels.isa)")
+            print("tokens  us/product    GB/s  GFLOP/s")
+            for count in counts {
+                var times: [Double] = []
+                for _ in 0..<repeats {
+                    let start = ContinuousClock.now
+                    for m in all { Kernels.gemm(MatMul(matrix: m, x: x, ldx: cols, n: count, y: y, ldy: rows), pool: pool) }
+                    times.append((ContinuousClock.now - start).seconds / Double(matrices))
+                }
+                let t = median(times)
+                print(String(format: "%6d  %10.1f  %6.1f  %7.1f", count, t * 1e6, Double(elements * 2) / t / 1e9,
+                             2 * Double(elements * count) / t / 1e9))
+            }
+        }
+    }
+}
