@@ -21,12 +21,12 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 #define UNROLL _Pragma("clang loop unroll(full)")
 #define SHUFFLE __builtin_shufflevector
 
-// GEMV reads GEMV_ROWS weight rows at a time. Measured on Zen 4 (bf16 14336x4096, 2 threads)
-// against a plain read of the same bytes: 85-95% for 8 rows, 80-93% for 4, 70-93% for 1; and
-// software prefetch 256 B to 2 KB ahead within a row lowered every variant by 5-25%. Prefetching
-// the same columns of the next block of rows instead raised decode on Mixtral-mini (rows of 2-7
-// KB) from a median 47.4 to 51 tokens/s in an A/B of 4 interleaved runs (shoal bench).
-#define GEMV_ROWS 8
+// GEMV reads one weight row at a time, in storage order, so the whole matrix is one sequential
+// stream. Measured on Zen 4 (/tmp harness, bf16, 8-16 matrices from DRAM, median GB/s against a
+// plain read of the same bytes): 3584x1024 one thread 26.5 vs 25.0 read, where 8 rows at a
+// time (8 streams 2 KB apart, even with software prefetch of the next 8 rows) reached 12.6;
+// 32000x1024 two threads 32.3 vs 30.8 (8 rows: 21.7); 14336x4096 two threads 28.4 vs 28.0
+// (8 rows: 23.7). Software prefetch within or ahead of the row gained nothing.
 // GEMM blocking: an MC x KC block of W (256 KB bf16, 512 KB f32) stays in L2 while every tile
 // of SHOAL_TT tokens passes over it, each tile's x slice (SHOAL_TT x KC f32, 48 KB with
 // AVX-512) reused by all MC rows. bf16 is widened in registers as the tile loads it: measured
@@ -89,44 +89,30 @@ INLINE v4 hsum4(vf a, vf b, vf c, vf d) {
 
 // ---- GEMV: y = W x, bandwidth bound -----------------------------------------------------------
 
-// y[r..r+R) = W[r..r+R, :] · x: each x load feeds R FMAs, into R independent chains.
+// y[r] = W[r, :] · x in one accumulator, so lane j sums columns j, j+VW, j+2VW, ... in order.
 // The sum is taken in KC-column blocks, each reduced and added in order exactly as gemm_body
 // does, so a token's result is bit-identical whether it runs alone (GEMV) or in a batch
-// (GEMM): a request's output does not depend on what else the server is running.
-INLINE void gemv_rows(const void *W, int bf16, size_t cols, const float *x, float *y,
-                      size_t r, int R) {
-    const void *w = (const char *)W + r * cols * (bf16 ? 2 : 4);  // W[r..r+R, :], [R, cols]
-    const size_t es = bf16 ? 2 : 4, line = 64 / es;  // elements per cache line
-    const char *next = (const char *)w + (size_t)R * cols * es;  // the next block of R rows
-    float sum[GEMV_ROWS];
-    UNROLL for (int i = 0; i < R; i++) sum[i] = 0;
+// (GEMM): a request's output does not depend on what else the server is running. One chain of
+// FMAs bounds a long row at VW multiply-adds per FMA latency (~21 GB/s per core at 2.6 GHz);
+// at two threads the memory, not the chain, is the limit.
+INLINE float gemv_row(const void *W, int bf16, size_t cols, const float *x, size_t r) {
+    const void *w = (const char *)W + r * cols * (bf16 ? 2 : 4);  // W[r, :]
+    float sum = 0;
     for (size_t k0 = 0; k0 < cols; k0 += KC) {
         const size_t end = cols - k0 < KC ? cols : k0 + KC;
-        vf acc[GEMV_ROWS];
-        UNROLL for (int i = 0; i < R; i++) acc[i] = 0;
+        vf acc = 0;
         size_t k = k0;
-        for (; k + VW <= end; k += VW) {
-            vf xk = load_f32(x + k);
-            // Rows are short (2 KB for dim 1024 in bf16), too short for the hardware prefetcher
-            // to ramp up on R streams; fetching the next block's lines makes them one stream.
-            if (k % line == 0)
-                UNROLL for (int i = 0; i < R; i++) __builtin_prefetch(next + (i * cols + k) * es, 0, 3);
-            UNROLL for (int i = 0; i < R; i++) acc[i] += load_w(w, i * cols + k, bf16) * xk;
-        }
-        UNROLL for (int i = 0; i < R; i++) {
-            float s = hsum(acc[i]);
-            for (size_t c = k; c < end; c++) s += scalar_w(w, i * cols + c, bf16) * x[c];
-            sum[i] = k0 > 0 ? sum[i] + s : s;
-        }
+        for (; k + VW <= end; k += VW) acc += load_w(w, k, bf16) * load_f32(x + k);
+        float s = hsum(acc);
+        for (size_t c = k; c < end; c++) s += scalar_w(w, c, bf16) * x[c];
+        sum = k0 > 0 ? sum + s : s;
     }
-    UNROLL for (int i = 0; i < R; i++) y[r + i] = sum[i];
+    return sum;
 }
 
 INLINE void gemv_body(const void *W, int bf16, size_t cols, const float *x, float *y,
                       size_t r0, size_t r1) {
-    size_t r = r0;
-    for (; r + GEMV_ROWS <= r1; r += GEMV_ROWS) gemv_rows(W, bf16, cols, x, y, r, GEMV_ROWS);
-    for (; r < r1; r++) gemv_rows(W, bf16, cols, x, y, r, 1);
+    for (size_t r = r0; r < r1; r++) y[r] = gemv_row(W, bf16, cols, x, r);
 }
 
 // ---- GEMM: Y = X Wᵀ over n tokens, compute bound ---------------------------------------------
