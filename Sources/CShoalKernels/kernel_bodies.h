@@ -21,12 +21,16 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 #define UNROLL _Pragma("clang loop unroll(full)")
 #define SHUFFLE __builtin_shufflevector
 
-// GEMV reads one weight row at a time, in storage order, so the whole matrix is one sequential
-// stream. Measured on Zen 4 (/tmp harness, bf16, 8-16 matrices from DRAM, median GB/s against a
-// plain read of the same bytes): 3584x1024 one thread 26.5 vs 25.0 read, where 8 rows at a
-// time (8 streams 2 KB apart, even with software prefetch of the next 8 rows) reached 12.6;
-// 32000x1024 two threads 32.3 vs 30.8 (8 rows: 21.7); 14336x4096 two threads 28.4 vs 28.0
-// (8 rows: 23.7). Software prefetch within or ahead of the row gained nothing.
+// GEMV splits its rows into GEMV_STREAMS equal runs and walks them side by side, one row of each
+// at a time: every run is read in storage order, one sequential stream the hardware prefetcher
+// follows, and each row has its own FMA chain. Measured on Zen 4 (/tmp harness, bf16, 16
+// matrices from DRAM, median GB/s; a plain read of the same bytes for scale):
+//   - 8 neighbouring rows at a time (8 streams 2 KB apart, with or without software prefetch)
+//     reached half of a plain read: 3584x1024 one thread 12.6 vs 25.0;
+//   - one row at a time (one stream, one chain): 26.5 there, but a long row is bound by the
+//     chain (one FMA latency per VW columns): 1024x3584 one thread 12.9 vs 21.6 read;
+//   - four runs: 1024x3584 17.6 one thread, 26.3 vs 30.7 read on two; 3584x1024 26.8.
+#define GEMV_STREAMS 4
 // GEMM blocking: an MC x KC block of W (256 KB bf16, 512 KB f32) stays in L2 while every tile
 // of SHOAL_TT tokens passes over it, each tile's x slice (SHOAL_TT x KC f32, 48 KB with
 // AVX-512) reused by all MC rows. bf16 is widened in registers as the tile loads it: measured
@@ -89,30 +93,38 @@ INLINE v4 hsum4(vf a, vf b, vf c, vf d) {
 
 // ---- GEMV: y = W x, bandwidth bound -----------------------------------------------------------
 
-// y[r] = W[r, :] · x in one accumulator, so lane j sums columns j, j+VW, j+2VW, ... in order.
-// The sum is taken in KC-column blocks, each reduced and added in order exactly as gemm_body
-// does, so a token's result is bit-identical whether it runs alone (GEMV) or in a batch
-// (GEMM): a request's output does not depend on what else the server is running. One chain of
-// FMAs bounds a long row at VW multiply-adds per FMA latency (~21 GB/s per core at 2.6 GHz);
-// at two threads the memory, not the chain, is the limit.
-INLINE float gemv_row(const void *W, int bf16, size_t cols, const float *x, size_t r) {
-    const void *w = (const char *)W + r * cols * (bf16 ? 2 : 4);  // W[r, :]
-    float sum = 0;
+// y[r + i*h] = W[r + i*h, :] · x for i < S, each row in one accumulator, so lane j sums columns
+// j, j+VW, j+2VW, ... in order. The sum is taken in KC-column blocks, each reduced and added in
+// order exactly as gemm_body does, so a token's result is bit-identical whether it runs alone
+// (GEMV) or in a batch (GEMM): a request's output does not depend on what else the server runs.
+INLINE void gemv_rows(const void *W, int bf16, size_t cols, const float *x, float *y,
+                      size_t r, size_t h, int S) {
+    const size_t es = bf16 ? 2 : 4;
+    const char *w = (const char *)W + r * cols * es;  // W[r, :]; row r + i*h is h*cols further
+    float sum[GEMV_STREAMS] = {0};  // stays 0 for an empty row
     for (size_t k0 = 0; k0 < cols; k0 += KC) {
         const size_t end = cols - k0 < KC ? cols : k0 + KC;
-        vf acc = 0;
+        vf acc[GEMV_STREAMS];
+        UNROLL for (int i = 0; i < S; i++) acc[i] = 0;
         size_t k = k0;
-        for (; k + VW <= end; k += VW) acc += load_w(w, k, bf16) * load_f32(x + k);
-        float s = hsum(acc);
-        for (size_t c = k; c < end; c++) s += scalar_w(w, c, bf16) * x[c];
-        sum = k0 > 0 ? sum + s : s;
+        for (; k + VW <= end; k += VW) {
+            vf xk = load_f32(x + k);
+            UNROLL for (int i = 0; i < S; i++) acc[i] += load_w(w + i * h * cols * es, k, bf16) * xk;
+        }
+        UNROLL for (int i = 0; i < S; i++) {
+            float s = hsum(acc[i]);
+            for (size_t c = k; c < end; c++) s += scalar_w(w + i * h * cols * es, c, bf16) * x[c];
+            sum[i] = k0 > 0 ? sum[i] + s : s;
+        }
     }
-    return sum;
+    UNROLL for (int i = 0; i < S; i++) y[r + i * h] = sum[i];
 }
 
 INLINE void gemv_body(const void *W, int bf16, size_t cols, const float *x, float *y,
                       size_t r0, size_t r1) {
-    for (size_t r = r0; r < r1; r++) y[r] = gemv_row(W, bf16, cols, x, r);
+    const size_t h = (r1 - r0) / GEMV_STREAMS;  // rows per run; the last few run alone
+    for (size_t r = r0; r < r0 + h; r++) gemv_rows(W, bf16, cols, x, y, r, h, GEMV_STREAMS);
+    for (size_t r = r0 + h * GEMV_STREAMS; r < r1; r++) gemv_rows(W, bf16, cols, x, y, r, 0, 1);
 }
 
 // ---- GEMM: Y = X Wᵀ over n tokens, compute bound ---------------------------------------------
