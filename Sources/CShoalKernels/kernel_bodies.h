@@ -37,6 +37,10 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 // as fast as widening a block into an f32 scratch first (faster below ~32 tokens), no scratch.
 #define MC 64
 #define KC 2048
+// Up to this many tokens the GEMM walks W as the GEMV does (gemm_streams).
+#ifndef GEMM_STREAM_TOKENS
+#define GEMM_STREAM_TOKENS 32
+#endif
 
 // ---- loads ---------------------------------------------------------------------------------
 
@@ -131,19 +135,21 @@ INLINE void gemv_body(const void *W, int bf16, size_t cols, const float *x, floa
 
 // y[t*ldy + i] (+)= w[i,:kc] · x[t*ldx + :kc] for an R x T tile (i < R rows, t < T tokens) in
 // R*T vector accumulators: each w load feeds T FMAs and each x load R.
+// Tile row i is w + i*ldw and lands in y[t*ldy + i*ys]. With `prefetch`, the tile fetches the
+// next tile's rows (w + RT*ldw, the same columns) while it computes.
 INLINE void gemm_tile(const void *w, int bf16, size_t ldw, const float *x, size_t ldx,
-                      size_t kc, float *y, size_t ldy, int R, int T, int accumulate) {
-    // w: [R, ldw] rows of W (f32 or bf16); x: [T, ldx]; y: [T, ldy]
+                      size_t kc, float *y, size_t ldy, size_t ys, int R, int T, int accumulate,
+                      int prefetch) {
+    // w: R rows of W (f32 or bf16) ldw apart; x: [T, ldx]; y: [T, ldy]
     vf acc[RT][SHOAL_TT];
     UNROLL for (int i = 0; i < RT; i++) UNROLL for (int t = 0; t < SHOAL_TT; t++) acc[i][t] = 0;
-    // As in gemv_rows: fetch the next tile's rows (the same columns) while this one computes.
-    // For a few tokens the tile streams its rows from memory like a GEMV; measured on Zen 4
-    // (3584 x 1024 bf16, one thread): 4 tokens 990 -> 720 us, 8 tokens 1220 -> 880 us.
+    // Measured on Zen 4 (3584 x 1024 bf16, one thread, before gemm_streams took few tokens):
+    // 4 tokens 990 -> 720 us, 8 tokens 1220 -> 880 us.
     const size_t es = bf16 ? 2 : 4, line = 64 / es;  // elements per cache line
     const char *next = (const char *)w + (size_t)RT * ldw * es;
     size_t k = 0;
     for (; k + VW <= kc; k += VW) {
-        if (k % line == 0)
+        if (prefetch && k % line == 0)
             UNROLL for (int i = 0; i < RT; i++) __builtin_prefetch(next + (i * ldw + k) * es, 0, 3);
         vf wv[RT];
         UNROLL for (int i = 0; i < R; i++) wv[i] = load_w(w, i * ldw + k, bf16);
@@ -158,7 +164,8 @@ INLINE void gemm_tile(const void *w, int bf16, size_t ldw, const float *x, size_
         UNROLL for (int i = 0; i < R; i++) {
             float v = s[i];
             for (size_t c = k; c < kc; c++) v += scalar_w(w, i * ldw + c, bf16) * x[t * ldx + c];
-            y[t * ldy + i] = accumulate ? y[t * ldy + i] + v : v;
+            float *out = y + t * ldy + i * ys;
+            *out = accumulate ? *out + v : v;
         }
     }
 }
@@ -166,10 +173,12 @@ INLINE void gemm_tile(const void *w, int bf16, size_t ldw, const float *x, size_
 // One R x T tile for any T <= SHOAL_TT: the switch turns T into a constant so every tile
 // width gets its own fully unrolled loop.
 INLINE void gemm_tile_n(const void *w, int bf16, size_t ldw, const float *x, size_t ldx,
-                        size_t kc, float *y, size_t ldy, int R, size_t T, int accumulate) {
-#define WIDTH(N)                                                                             \
-    case N:                                                                                  \
-        gemm_tile(w, bf16, ldw, x, ldx, kc, y, ldy, R, N <= SHOAL_TT ? N : 1, accumulate); \
+                        size_t kc, float *y, size_t ldy, size_t ys, int R, size_t T,
+                        int accumulate, int prefetch) {
+#define WIDTH(N)                                                                              \
+    case N:                                                                                   \
+        gemm_tile(w, bf16, ldw, x, ldx, kc, y, ldy, ys, R, N <= SHOAL_TT ? N : 1, accumulate, \
+                  prefetch);                                                                  \
         break;
     switch (T) { WIDTH(1) WIDTH(2) WIDTH(3) WIDTH(4) WIDTH(5) WIDTH(6) WIDTH(7) WIDTH(8) }
 #undef WIDTH
@@ -186,26 +195,48 @@ INLINE void gemm_rows(const void *w, int bf16, size_t ldw, size_t R, const float
         float *yt = y + t * ldy;
         size_t i = 0;
         for (; i + RT <= R; i += RT)
-            gemm_tile_n((const char *)w + i * ldw * es, bf16, ldw, xt, ldx, kc, yt + i, ldy, RT, T,
-                        accumulate);
+            gemm_tile_n((const char *)w + i * ldw * es, bf16, ldw, xt, ldx, kc, yt + i, ldy, 1,
+                        RT, T, accumulate, 1);
         for (; i < R; i++)
-            gemm_tile_n((const char *)w + i * ldw * es, bf16, ldw, xt, ldx, kc, yt + i, ldy, 1, T,
-                        accumulate);
+            gemm_tile_n((const char *)w + i * ldw * es, bf16, ldw, xt, ldx, kc, yt + i, ldy, 1,
+                        1, T, accumulate, 1);
     }
+}
+
+// Few tokens read W from memory much as a GEMV does, so they walk it the GEMV's way: the rows
+// split into RT runs side by side, whole rows in storage order, each tile taking its RT rows one
+// from each run (every tile row its own stream) with every token tile and K block of those rows
+// before moving on; x, n x cols floats, stays in L2. Sums run in the same order as gemm_blocked.
+// Measured on Zen 4 (shoal bench-kernels, 3584x1024 bf16, one thread, 3 interleaved runs, us
+// per product, blocked -> streamed): 2 tokens 662-796 -> 323-507, 4 tokens 689-828 -> 533-681,
+// 8 tokens 884-1026 -> 764-884, 16 tokens 1409-1625 -> 1326-1476; 32 tokens 2703-2828 ->
+// 2497-2578; 64 tokens the blocked kernel wins.
+INLINE void gemm_stream_rows(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
+                             size_t n, float *Y, size_t ldy, size_t r, size_t run, int R) {
+    const size_t es = bf16 ? 2 : 4;
+    for (size_t t = 0; t < n; t += SHOAL_TT) {
+        size_t T = n - t < SHOAL_TT ? n - t : SHOAL_TT;
+        for (size_t k0 = 0; k0 < cols; k0 += KC) {
+            size_t kc = cols - k0 < KC ? cols - k0 : KC;
+            gemm_tile_n((const char *)W + (r * cols + k0) * es, bf16, run * cols, X + t * ldx + k0,
+                        ldx, kc, Y + t * ldy + r, ldy, run, R, T, k0 > 0, 0);
+        }
+    }
+}
+
+INLINE void gemm_streams(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
+                         size_t n, float *Y, size_t ldy, size_t r0, size_t r1) {
+    const size_t h = (r1 - r0) / RT;  // rows per run; the last few rows go alone
+    for (size_t r = r0; r < r0 + h; r++) gemm_stream_rows(W, bf16, cols, X, ldx, n, Y, ldy, r, h, RT);
+    for (size_t r = r0 + h * RT; r < r1; r++)
+        gemm_stream_rows(W, bf16, cols, X, ldx, n, Y, ldy, r, 0, 1);
 }
 
 // Y[t*ldy + r] = W[r,:] · X[t*ldx + :cols] for r in [r0, r1), t < n, one MC x KC block of W at
 // a time; later K blocks add to what the first stored.
-INLINE void gemm_body(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
+INLINE void gemm_blocked(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
                       size_t n, float *Y, size_t ldy, size_t r0, size_t r1) {
-    if (n == 1) {  // y[0*ldy + r] is y[r]: one token is a GEMV, bandwidth bound
-        gemv_body(W, bf16, cols, X, Y, r0, r1);
-        return;
-    }
     const size_t es = bf16 ? 2 : 4;
-    if (cols == 0)  // no K blocks below: an empty dot product is 0
-        for (size_t t = 0; t < n; t++)
-            __builtin_memset(Y + t * ldy + r0, 0, (r1 - r0) * sizeof(float));
     for (size_t k0 = 0; k0 < cols; k0 += KC) {
         size_t kc = cols - k0 < KC ? cols - k0 : KC;
         for (size_t r = r0; r < r1; r += MC) {
@@ -214,6 +245,21 @@ INLINE void gemm_body(const void *W, int bf16, size_t cols, const float *X, size
                       Y + r, ldy, k0 > 0);
         }
     }
+}
+
+INLINE void gemm_body(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
+                      size_t n, float *Y, size_t ldy, size_t r0, size_t r1) {
+    if (n == 1) {  // y[0*ldy + r] is y[r]: one token is a GEMV, bandwidth bound
+        gemv_body(W, bf16, cols, X, Y, r0, r1);
+        return;
+    }
+    if (cols == 0) {  // no K blocks: an empty dot product is 0
+        for (size_t t = 0; t < n; t++)
+            __builtin_memset(Y + t * ldy + r0, 0, (r1 - r0) * sizeof(float));
+        return;
+    }
+    if (n <= GEMM_STREAM_TOKENS) gemm_streams(W, bf16, cols, X, ldx, n, Y, ldy, r0, r1);
+    else gemm_blocked(W, bf16, cols, X, ldx, n, Y, ldy, r0, r1);
 }
 
 // ---- attention and probes ------------------------------------------------------------------

@@ -107,7 +107,7 @@ import Testing
         let pools = [ComputePool(threads: 1), ComputePool(threads: 2), ComputePool(threads: 3)]
         forEachISA { isa in
             for cols in colsList {
-                for tokens in [1, 2, 5, 6, 7, 9] {
+                for tokens in [1, 2, 5, 6, 7, 9, 33] {  // past 32 tokens the blocked GEMM runs
                     let rows = rng.int(1...37)
                     let pool = pools[rng.int(0...2)]
                     let W = TestMatrix(dtype, rows: rows, cols: cols, rng: &rng)
@@ -118,14 +118,17 @@ import Testing
         }
     }
 
-    /// Rows and K past one GEMM block (16 rows x 1024 cols), split across threads.
+    /// Rows and K past one GEMM block (64 rows x 2048 cols), split across threads.
     @Test(arguments: [DType.f32, .bf16])
     func gemmLargeSplit(dtype: DType) {
         var rng = TestRNG(seed: 5)
         let pool = ComputePool(threads: 2)
         forEachISA { isa in
             let W = TestMatrix(dtype, rows: 75, cols: 2100, rng: &rng)
-            checkGEMM(W, tokens: 13, padX: 5, padY: 3, pool: pool, rng: &rng, "\(isa) large gemm \(dtype)")
+            for tokens in [13, 45] {  // the streamed and the blocked GEMM
+                checkGEMM(W, tokens: tokens, padX: 5, padY: 3, pool: pool, rng: &rng,
+                          "\(isa) large gemm \(dtype) n=\(tokens)")
+            }
         }
     }
 
@@ -165,7 +168,7 @@ import Testing
         forEachISA { isa in
             for (rows, cols) in [(9, 100), (70, 2048), (37, 4100), (13, 6151)] {
                 let W = TestMatrix(dtype, rows: rows, cols: cols, rng: &rng)
-                for n in [2, 7, 17] {
+                for n in [2, 7, 17, 40] {  // streamed (<= 32 tokens) and blocked
                     let x = TestBuffer(random: n * cols, rng: &rng)
                     let batched = TestBuffer(filled: n * rows, with: .nan)
                     Kernels.gemm(MatMul(matrix: W.matrix, x: x.pointer, ldx: cols, n: n, y: batched.pointer, ldy: rows),
