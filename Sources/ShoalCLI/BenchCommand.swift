@@ -35,8 +35,10 @@ struct BenchCommand: ParsableCommand {
             cache.reset()
             _ = try m.forward(Array(prompt.prefix(8)), cache: cache)
 
-            // The machine's bandwidth drifts with its neighbours' load, so each repeat measures
-            // it right before decoding and the fraction is taken per repeat.
+            // The machine's bandwidth drifts with its neighbours' load from one second to the
+            // next, so each repeat measures it between every `segment` decode tokens (and after
+            // the last), and compares the decode with the mean of those readings.
+            let segment = 16
             var prefill: [Double] = [], decode: [Double] = [], bytesPerToken: [Double] = []
             var bandwidths: [Double] = [], fractions: [Double] = []
             for _ in 0..<repeats {
@@ -45,13 +47,20 @@ struct BenchCommand: ParsableCommand {
                 var logits = try m.forward(prompt, cache: cache)
                 prefill.append(Double(promptTokens) / (now() - t0))
 
-                bandwidths.append(MemoryBandwidth.measureRead(pool: engine.pool, bytes: 256 << 20, repeats: 3))
+                var readings: [Double] = [], decoding = 0.0, done = 0
                 let bytes0 = m.weightBytesRead + (local?.weightBytesRead ?? 0)
-                let t1 = now()
-                for _ in 0..<genTokens {
-                    logits = try m.forward([Sampler.argmax(logits)], cache: cache)
+                while done < genTokens {
+                    readings.append(MemoryBandwidth.measureRead(pool: engine.pool, bytes: 256 << 20, repeats: 3))
+                    let t1 = now()
+                    for _ in 0..<min(segment, genTokens - done) {
+                        logits = try m.forward([Sampler.argmax(logits)], cache: cache)
+                        done += 1
+                    }
+                    decoding += now() - t1
                 }
-                decode.append(Double(genTokens) / (now() - t1))
+                readings.append(MemoryBandwidth.measureRead(pool: engine.pool, bytes: 256 << 20, repeats: 3))
+                bandwidths.append(readings.reduce(0, +) / Double(readings.count))
+                decode.append(Double(genTokens) / decoding)
                 let bytes = m.weightBytesRead + (local?.weightBytesRead ?? 0) - bytes0
                 bytesPerToken.append(Double(bytes + config.dim * m.weights.embedding.dtype.size) / Double(genTokens))
                 fractions.append(decode.last! * bytesPerToken.last! / 1e9 / bandwidths.last!)
@@ -74,7 +83,7 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "prefill: %.1f tokens/s (%d-token prompt)", median(prefill), promptTokens))
                 print(String(format: "decode:  %.1f tokens/s (%d tokens)", decodeRate, genTokens))
                 print(String(format: "weights streamed: %.1f MB/token, %.2f GB/s", perToken / 1e6, weightsGBs))
-                print(String(format: "memory read bandwidth: %.2f GB/s; decode reaches %.1f%% of it (median of per-repeat ratios)", bandwidth, 100 * median(fractions)))
+                print(String(format: "memory read bandwidth: %.2f GB/s; decode reaches %.1f%% of it (median of per-repeat ratios; read measured every %d decode tokens)", bandwidth, 100 * median(fractions), segment))
             }
         }
     }

@@ -59,7 +59,7 @@ public enum Kernels {
     public static func gemv(_ jobs: UnsafeBufferPointer<MatVec>, pool: ComputePool) {
         var bytes = 0
         for job in jobs { bytes += job.matrix.byteCount }
-        let parts = bytes < inlineBytes ? 1 : pool.threadCount
+        let parts = bytes < inlineBytes ? 1 : pool.threadCount * ComputePool.chunksPerThread
         if parts == 1 {
             for job in jobs { gemv(job, rows: 0..<job.matrix.rows) }
             return
@@ -86,7 +86,7 @@ public enum Kernels {
     public static func gemm(_ jobs: UnsafeBufferPointer<MatMul>, pool: ComputePool) {
         var flops = 0
         for job in jobs { flops += job.matrix.rows * job.matrix.cols * job.n }
-        let parts = flops < inlineMultiplyAdds ? 1 : pool.threadCount
+        let parts = flops < inlineMultiplyAdds ? 1 : pool.threadCount * ComputePool.chunksPerThread
         if parts == 1 {
             for job in jobs { gemm(job, rows: 0..<job.matrix.rows) }
             return
