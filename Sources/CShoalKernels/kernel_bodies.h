@@ -6,6 +6,8 @@
 //   SHOAL_ATTR       the function attribute selecting the instruction set, or nothing
 //   SHOAL_TABLE      name of the shoal_kernel_table this instantiation exports
 //   SHOAL_ISA_NAME, SHOAL_ISA_LEVEL
+#include <math.h>
+
 #include "kernel_table.h"
 
 typedef float vf __attribute__((ext_vector_type(SHOAL_VW)));
@@ -289,6 +291,34 @@ INLINE void axpy_body(float *y, float alpha, const float *x, size_t n) {
     for (; i < n; i++) y[i] += alpha * x[i];
 }
 
+// Causal attention of G query heads sharing one key/value head, for one query position:
+// out[g*hd..] = Σ_j softmax_j(scale · q_g·k_j) v_j over positions j in [lo, hi), key j at
+// keys + j*stride, value j at values + j*stride. Each key and value row is read once for all G
+// heads. The arithmetic is the one the Swift loop with dot_f32 and axpy_f32 did, in the same
+// order: scores[g*n + j] (n = hi - lo floats per head of scratch).
+INLINE void attend_body(const float *q, size_t G, size_t hd, const float *keys,
+                        const float *values, size_t stride, size_t lo, size_t hi, float scale,
+                        float *scores, float *out) {
+    const size_t n = hi - lo;
+    for (size_t g = 0; g < G; g++) {
+        float *s = scores + g * n, m = -__builtin_inff();
+        for (size_t j = 0; j < n; j++) {
+            s[j] = dot_body(q + g * hd, keys + (lo + j) * stride, hd) * scale;
+            m = s[j] > m ? s[j] : m;
+        }
+        float sum = 0;
+        for (size_t j = 0; j < n; j++) {
+            s[j] = expf(s[j] - m);
+            sum += s[j];
+        }
+        for (size_t j = 0; j < n; j++) s[j] = s[j] / sum;
+        __builtin_memset(out + g * hd, 0, hd * sizeof(float));
+    }
+    for (size_t j = 0; j < n; j++)
+        for (size_t g = 0; g < G; g++)
+            axpy_body(out + g * hd, scores[g * n + j], values + (lo + j) * stride, hd);
+}
+
 // Four independent sums so the adds never wait on each other: only memory limits the loop.
 INLINE float read_sum_body(const float *p, size_t n) {
     vf s[4] = {0, 0, 0, 0};
@@ -320,6 +350,11 @@ SHOAL_ATTR static float dot_f32(const float *a, const float *b, size_t n) {
 SHOAL_ATTR static void axpy_f32(float *y, float alpha, const float *x, size_t n) {
     axpy_body(y, alpha, x, n);
 }
+SHOAL_ATTR static void attend_f32(const float *q, size_t G, size_t hd, const float *keys,
+                                  const float *values, size_t stride, size_t lo, size_t hi,
+                                  float scale, float *scores, float *out) {
+    attend_body(q, G, hd, keys, values, stride, lo, hi, scale, scores, out);
+}
 SHOAL_ATTR static float read_sum_f32(const float *p, size_t n) { return read_sum_body(p, n); }
 
 const struct shoal_kernel_table SHOAL_TABLE = {
@@ -331,5 +366,6 @@ const struct shoal_kernel_table SHOAL_TABLE = {
     .gemm_bf16 = gemm_bf16,
     .dot_f32 = dot_f32,
     .axpy_f32 = axpy_f32,
+    .attend_f32 = attend_f32,
     .read_sum_f32 = read_sum_f32,
 };

@@ -15,6 +15,8 @@ struct shoal_kernel_table {
                       size_t, size_t);
     float (*dot_f32)(const float *, const float *, size_t);
     void (*axpy_f32)(float *, float, const float *, size_t);
+    void (*attend_f32)(const float *, size_t, size_t, const float *, const float *, size_t,
+                       size_t, size_t, float, float *, float *);
     float (*read_sum_f32)(const float *, size_t);
 };
 

@@ -89,4 +89,10 @@ void shoal_axpy_f32(float *y, float alpha, const float *x, size_t n) {
     table()->axpy_f32(y, alpha, x, n);
 }
 
+void shoal_attend_f32(const float *q, size_t G, size_t hd, const float *keys,
+                      const float *values, size_t stride, size_t lo, size_t hi, float scale,
+                      float *scores, float *out) {
+    table()->attend_f32(q, G, hd, keys, values, stride, lo, hi, scale, scores, out);
+}
+
 float shoal_read_sum_f32(const float *p, size_t n) { return table()->read_sum_f32(p, n); }

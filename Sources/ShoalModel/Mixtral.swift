@@ -244,7 +244,8 @@ public final class MixtralModel {
     }
 
     /// Causal grouped-query attention of each segment's queries against its own cache, one
-    /// head per task (each task runs that head for every segment).
+    /// key/value head per task: each task runs that head's group of query heads for every
+    /// segment, reading each cached key and value once for the whole group.
     private func attention(layer: Int, _ segments: [Segment], out: UnsafeMutablePointer<Float>) {
         let hd = config.headDim, heads = config.heads, group = config.heads / config.kvHeads
         let qDim = heads * hd, kvDim = config.kvHeads * hd, q = self.q.pointer
@@ -255,35 +256,23 @@ public final class MixtralModel {
         // on this thread than waking the pool.
         let work = segments.reduce(0) { $0 + $1.count * ($1.firstPosition + $1.count) }
         let inline = work * heads * hd < 1 << 18
-        let body = { (h: Int) in
-            let scores = att + h * span, g = h / group
+        let body = { (kv: Int) in
+            let scores = att + kv * group * span, first = kv * group * hd
             for segment in segments {
-                let keys = segment.cache.keys[layer], values = segment.cache.values[layer]
+                let keys = segment.cache.keys[layer] + kv * hd, values = segment.cache.values[layer] + kv * hd
                 for i in 0..<segment.count {
                     let t = segment.row + i, pos = segment.firstPosition + i
                     let lo = window.map { max(0, pos - $0 + 1) } ?? 0
-                    let qh = q + t * qDim + h * hd
-                    var maxScore = -Float.infinity
-                    for j in lo...pos {
-                        let s = Kernels.dot(qh, keys + j * kvDim + g * hd, count: hd) * scale
-                        scores[j] = s
-                        maxScore = max(maxScore, s)
-                    }
-                    var sum: Float = 0
-                    for j in lo...pos {
-                        scores[j] = expf(scores[j] - maxScore)
-                        sum += scores[j]
-                    }
-                    let o = out + t * qDim + h * hd
-                    o.update(repeating: 0, count: hd)
-                    for j in lo...pos { Kernels.axpy(o, scores[j] / sum, values + j * kvDim + g * hd, count: hd) }
+                    Kernels.attend(q: q + t * qDim + first, group: group, headDim: hd, keys: keys,
+                                   values: values, stride: kvDim, positions: lo..<pos + 1, scale: scale,
+                                   scores: scores, out: out + t * qDim + first)
                 }
             }
         }
         if inline {
-            for h in 0..<heads { body(h) }
+            for kv in 0..<config.kvHeads { body(kv) }
         } else {
-            pool.parallelFor(heads, body)
+            pool.parallelFor(config.kvHeads, body)
         }
     }
 

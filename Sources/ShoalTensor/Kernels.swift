@@ -119,6 +119,19 @@ public enum Kernels {
         shoal_axpy_f32(y, alpha, x, count)
     }
 
+    /// Attention of `group` query heads sharing one key/value head, at one query position:
+    /// `out[g*headDim ..< (g+1)*headDim]` = Σ_j p_gj · value_j over positions `j` in `positions`,
+    /// p_g the softmax of `scale` · (q_g · key_j). Key and value `j` start at
+    /// `keys + j*stride` and `values + j*stride`; `scores` is scratch of
+    /// `group * positions.count` floats.
+    public static func attend(q: UnsafePointer<Float>, group: Int, headDim: Int,
+                              keys: UnsafePointer<Float>, values: UnsafePointer<Float>, stride: Int,
+                              positions: Range<Int>, scale: Float,
+                              scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
+        shoal_attend_f32(q, group, headDim, keys, values, stride, positions.lowerBound,
+                         positions.upperBound, scale, scores, out)
+    }
+
     // MARK: - Splitting and the C calls
 
     /// The rows of one job that part `part` of `parts` owns, when all jobs' rows are laid end to

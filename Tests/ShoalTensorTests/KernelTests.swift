@@ -186,6 +186,45 @@ import Testing
         }
     }
 
+    /// Grouped attention at one position against a Double softmax, with head sizes off the
+    /// vector width, a stride wider than one head and a window that starts past 0.
+    @Test func attendMatchesDoubleReference() {
+        var rng = TestRNG(seed: 9)
+        forEachISA { isa in
+            for (group, hd, positions) in [(1, 16, 0..<1), (4, 64, 0..<77), (3, 37, 5..<40), (2, 100, 30..<31)] {
+                let stride = hd * 2 + 3, rows = positions.upperBound
+                let q = TestBuffer(random: group * hd, rng: &rng)
+                let keys = TestBuffer(random: rows * stride, rng: &rng)
+                let values = TestBuffer(random: rows * stride, rng: &rng)
+                let scores = TestBuffer(filled: group * positions.count, with: .nan)
+                let out = TestBuffer(filled: group * hd, with: .nan)
+                let scale = 1 / Float(hd).squareRoot()
+                Kernels.attend(q: q.pointer, group: group, headDim: hd, keys: keys.pointer, values: values.pointer,
+                               stride: stride, positions: positions, scale: scale, scores: scores.pointer, out: out.pointer)
+                for g in 0..<group {
+                    var logits: [Double] = []
+                    for j in positions {
+                        var dot = 0.0
+                        for i in 0..<hd { dot += Double(q.pointer[g * hd + i]) * Double(keys.pointer[j * stride + i]) }
+                        logits.append(dot * Double(scale))
+                    }
+                    let top = logits.max()!, weights = logits.map { Foundation.exp($0 - top) }
+                    let total = weights.reduce(0, +)
+                    for i in 0..<hd {
+                        var expected = 0.0, magnitude = 0.0
+                        for (n, j) in positions.enumerated() {
+                            expected += weights[n] / total * Double(values.pointer[j * stride + i])
+                            magnitude += weights[n] / total * abs(Double(values.pointer[j * stride + i]))
+                        }
+                        let got = Double(out.pointer[g * hd + i])
+                        #expect(abs(got - expected) <= 1e-5 * magnitude + 1e-30,
+                                "\(isa) attend G=\(group) hd=\(hd) \(positions) head \(g) i=\(i): \(got) vs \(expected)")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func dotAndAxpy() {
         var rng = TestRNG(seed: 7)
         forEachISA { isa in

@@ -65,6 +65,14 @@ float shoal_dot_f32(const float *a, const float *b, size_t n);
 /// y += alpha * x over n floats.
 void shoal_axpy_f32(float *y, float alpha, const float *x, size_t n);
 
+/// Causal attention of G query heads (q: G x hd) sharing one key/value head at one query
+/// position: out[g*hd + i] = Σ_j p_gj · values[j*stride + i] over j in [lo, hi), where p_g is
+/// the softmax over j of scale · (q_g · keys[j*stride ..< j*stride + hd]). `scores` is scratch
+/// of G * (hi - lo) floats and holds p on return.
+void shoal_attend_f32(const float *q, size_t G, size_t hd, const float *keys,
+                      const float *values, size_t stride, size_t lo, size_t hi, float scale,
+                      float *scores, float *out);
+
 /// Sum of n floats read once, front to back: a plain streaming read for bandwidth probes.
 float shoal_read_sum_f32(const float *p, size_t n);
 
