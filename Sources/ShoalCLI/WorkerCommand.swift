@@ -47,7 +47,7 @@ struct WorkerCommand: ParsableCommand {
                 name: name ?? "shoal-worker@\(ProcessInfo.processInfo.hostName)", logger: logger)
             // Signals are taken before the server starts, so none is lost between the two.
             let stop = StopSignal()
-            let server = try RPCServer.start(listen: listen, unary: worker.handlers)
+            let server = try worker.startServer(listen: listen)
             let host = listen[..<(listen.lastIndex(of: ":") ?? listen.endIndex)]
             let address = "\(host):\(server.port)"
             // Written unbuffered: whoever started us waits for this line on a pipe.

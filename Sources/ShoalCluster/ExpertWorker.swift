@@ -59,13 +59,17 @@ public final class ExpertWorker: Sendable {
         engine = Mutex(ComputeState(experts: LocalExperts(store: store, pool: pool), pool: pool))
     }
 
-    /// The handlers to give `RPCServer.start(unary:)`.
-    public var handlers: [String: RPCServer.UnaryHandler] {
-        [
-            ExpertServiceMethod.hello: { [self] request, _ in try hello(request) },
-            ExpertServiceMethod.compute: { [self] request, _ in try compute(request) },
-            ExpertServiceMethod.health: { [self] request, _ in try health(request) },
-        ]
+    /// Serves the worker's methods on `listen` (`"host:port"`, port 0 for any free port).
+    /// Compute runs on the server's polling thread (`RPCServer.InlineHandler`): it is the
+    /// coordinator's critical path, and handing it to a task cost a thread wake-up per call.
+    public func startServer(listen: String) throws -> RPCServer {
+        try RPCServer.start(
+            listen: listen,
+            unary: [
+                ExpertServiceMethod.hello: { [self] request, _ in try hello(request) },
+                ExpertServiceMethod.health: { [self] request, _ in try health(request) },
+            ],
+            inline: [ExpertServiceMethod.compute: { [self] request, _ in try compute(request) }])
     }
 
     func hello(_ payload: RPCPayload) throws -> RPCPayload {

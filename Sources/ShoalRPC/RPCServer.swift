@@ -5,10 +5,16 @@ import Foundation
 ///
 /// Prefer `withServer`, which ties the server's life to a closure. Daemons use `start` and
 /// `shutdown(grace:)`; dropping the last reference to a running server shuts it down at once.
-/// Each handler runs in its own task; a handler that throws or is slow harms no other call.
+/// Each handler runs in its own task, except inline handlers, which run on the polling thread;
+/// a handler that throws harms no other call, and a slow one delays others only if inline.
 public final class RPCServer: Sendable {
     /// Answers one request with one response.
     public typealias UnaryHandler = @Sendable (RPCPayload, RPCServerContext) async throws -> RPCPayload
+    /// Answers one request with one response on the server's polling thread itself, without
+    /// a task: for short, CPU-bound work on the critical path of a caller that waits for it
+    /// (an expert worker's compute), which saves a thread handoff per call. While it runs the
+    /// server processes no other event, so it must not wait on anything but the CPU.
+    public typealias InlineHandler = @Sendable (RPCPayload, RPCServerContext) throws -> RPCPayload
     /// Answers one request with a stream of responses written through the writer.
     public typealias StreamingHandler = @Sendable (RPCPayload, RPCServerContext, RPCStreamWriter) async throws -> Void
 
@@ -28,6 +34,7 @@ public final class RPCServer: Sendable {
     /// error becomes `.internal` with the error's description.
     /// - Parameter maxReceiveBytes: the largest request accepted (default 64 MiB); a larger one
     ///   fails that call with `.resourceExhausted`.
+    /// - Parameter inline: unary methods answered on the polling thread (`InlineHandler`).
     /// - Throws: `RPCError.bindFailed` when the address cannot be bound,
     ///   `RPCError.serverTLSNeedsKeyAndCertificate` for incomplete TLS settings.
     public static func start(
@@ -35,11 +42,12 @@ public final class RPCServer: Sendable {
         security: RPCSecurity = .insecure,
         maxReceiveBytes: Int = 64 << 20,
         unary: [String: UnaryHandler] = [:],
+        inline: [String: InlineHandler] = [:],
         serverStreaming: [String: StreamingHandler] = [:]
     ) throws -> RPCServer {
         RPCServer(core: try ServerCore(
             listen: listen, security: security, maxReceiveBytes: maxReceiveBytes,
-            unary: unary, serverStreaming: serverStreaming))
+            unary: unary, inline: inline, serverStreaming: serverStreaming))
     }
 
     /// Runs `body` with a started server and shuts the server down when `body` returns or
@@ -50,12 +58,13 @@ public final class RPCServer: Sendable {
         security: RPCSecurity = .insecure,
         maxReceiveBytes: Int = 64 << 20,
         unary: [String: UnaryHandler] = [:],
+        inline: [String: InlineHandler] = [:],
         serverStreaming: [String: StreamingHandler] = [:],
         body: (RPCServer) async throws -> T
     ) async throws -> T {
         let server = try start(
             listen: listen, security: security, maxReceiveBytes: maxReceiveBytes,
-            unary: unary, serverStreaming: serverStreaming)
+            unary: unary, inline: inline, serverStreaming: serverStreaming)
         do {
             let result = try await body(server)
             await server.shutdown(grace: .zero)

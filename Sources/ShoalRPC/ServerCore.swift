@@ -9,6 +9,7 @@ final class ServerCore: @unchecked Sendable {
     private let queue: CompletionQueue
     private let calls = CallRegistry<ServerCall>()
     private let unary: [String: RPCServer.UnaryHandler]
+    private let inline: [String: RPCServer.InlineHandler]
     private let streaming: [String: RPCServer.StreamingHandler]
     private let methods: [RegisteredMethod]
 
@@ -24,14 +25,17 @@ final class ServerCore: @unchecked Sendable {
 
     init(
         listen: String, security: RPCSecurity, maxReceiveBytes: Int,
-        unary: [String: RPCServer.UnaryHandler], serverStreaming: [String: RPCServer.StreamingHandler]
+        unary: [String: RPCServer.UnaryHandler], inline: [String: RPCServer.InlineHandler],
+        serverStreaming: [String: RPCServer.StreamingHandler]
     ) throws(RPCError) {
+        let names = [Array(unary.keys), Array(inline.keys), Array(serverStreaming.keys)]
         precondition(
-            Set(unary.keys).isDisjoint(with: serverStreaming.keys),
-            "a method name is both unary and server-streaming")
+            Set(names.joined()).count == names.reduce(0) { $0 + $1.count },
+            "a method name has more than one handler")
         let credentials = try security.makeServerCredentials()
         GRPCLibrary.retain()
         self.unary = unary
+        self.inline = inline
         streaming = serverStreaming
         queue = CompletionQueue(name: "shoal.rpc.server")
         let server = withChannelArguments(maxReceiveBytes: maxReceiveBytes, forServer: true) { grpc_server_create($0, nil)! }
@@ -46,7 +50,7 @@ final class ServerCore: @unchecked Sendable {
         }
         port = Int(bound)
         var methods: [RegisteredMethod] = []
-        for name in Array(unary.keys) + Array(serverStreaming.keys) {
+        for name in names.joined() {
             guard let handle = grpc_server_register_method(
                 server, GRPCLibrary.methodName(name), nil, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0)
             else { preconditionFailure("the core refused to register method \(name)") }
@@ -89,7 +93,13 @@ final class ServerCore: @unchecked Sendable {
         guard let request else {
             return call.finish(RPCStatus(code: .invalidArgument, message: "the request carried no message"))
         }
-        if let handler = unary[method] {
+        if let handler = inline[method] {
+            do {
+                call.finish(RPCStatus(code: .ok), response: try handler(request, context))
+            } catch {
+                call.finish(Self.status(for: error))
+            }
+        } else if let handler = unary[method] {
             call.startHandler {
                 do {
                     let response = try await handler(request, context)

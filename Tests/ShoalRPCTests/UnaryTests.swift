@@ -14,6 +14,32 @@ struct UnaryTests {
         }
     }
 
+    /// Inline handlers answer on the polling thread: bytes, statuses and other errors come back
+    /// as from task handlers, and task-handled methods on the same server still work.
+    @Test func inlineHandlersAnswerLikeTaskHandlers() async throws {
+        let inlineEcho = "/shoal.test.Inline/Echo", inlineFail = "/shoal.test.Inline/Fail"
+        let inlineCrash = "/shoal.test.Inline/Throw"
+        try await RPCServer.withServer(
+            unary: [Method.echo: echo],
+            inline: [
+                inlineEcho: { request, _ in request },
+                inlineFail: { _, _ in throw RPCStatus(code: .invalidArgument, message: "layer 99 out of range") },
+                inlineCrash: { _, _ in throw Boom() },
+            ]
+        ) { server in
+            let channel = RPCChannel(target: "127.0.0.1:\(server.port)")
+            defer { channel.close() }
+            let request = patterned(8 << 10)
+            let inlined = try await channel.unary(inlineEcho, request: request, timeout: .seconds(5))
+            let tasked = try await channel.unary(Method.echo, request: request, timeout: .seconds(5))
+            #expect(sameBytes(request, inlined) && sameBytes(request, tasked))
+            let failed = await status { try await channel.unary(inlineFail, request: request, timeout: .seconds(5)) }
+            #expect(failed?.code == .invalidArgument && failed?.message == "layer 99 out of range")
+            let crashed = await status { try await channel.unary(inlineCrash, request: request, timeout: .seconds(5)) }
+            #expect(crashed?.code == .internal)
+        }
+    }
+
     @Test func payloadFromBytesAndArray() {
         let bytes: [UInt8] = Array(0..<100)
         let payload = RPCPayload(bytes)

@@ -17,7 +17,7 @@ public final class LocalCluster: @unchecked Sendable {
             let pairs = try ExpertSpec(spec).pairs(layers: checkpoint.config.layers, experts: checkpoint.config.experts)
             let worker = try ExpertWorker(checkpoint: checkpoint, pairs: pairs, threads: 1, name: "test \(spec)",
                                           logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-            servers.append(try RPCServer.start(listen: "127.0.0.1:0", unary: worker.handlers))
+            servers.append(try worker.startServer(listen: "127.0.0.1:0"))
         }
         self.servers = servers
         addresses = servers.map { "127.0.0.1:\($0.port)" }
