@@ -2,12 +2,10 @@ import Foundation
 import ShoalRPC
 
 /// Calls several channels at once and waits for all the answers, on a thread that is not
-/// async (the forward pass). Answers arrive on the channels' completion-queue threads and are
-/// only stored there; everything else happens on the waiting thread.
+/// async (the forward pass). The calls complete on a queue this thread polls itself
+/// (`RPCCallerQueue`), so each answer wakes the waiting thread directly. One thread at a time.
 final class Fanout: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var remaining = 0
-    private var results: [Answer?] = []
+    private let queue = RPCCallerQueue()
 
     /// One channel's answer and how long after the call began it arrived.
     struct Answer {
@@ -20,23 +18,30 @@ final class Fanout: @unchecked Sendable {
     func call(_ channels: [RPCChannel], _ method: String, _ requests: [RPCPayload?],
               timeout: Duration) -> [Answer?] {
         let start = ContinuousClock.now
-        condition.lock()
-        results = Array(repeating: nil, count: channels.count)
-        remaining = requests.reduce(0) { $0 + ($1 == nil ? 0 : 1) }
-        condition.unlock()
+        let answers = Answers(count: channels.count)
         for (i, request) in requests.enumerated() {
             guard let request else { continue }
-            channels[i].unary(method, request: request, timeout: timeout) { [self] result in
-                condition.lock()
-                results[i] = Answer(result: result, elapsed: ContinuousClock.now - start)
-                remaining -= 1
-                if remaining == 0 { condition.signal() }
-                condition.unlock()
+            answers.expect()
+            channels[i].unary(method, request: request, timeout: timeout, on: queue) { result in
+                answers.store(i, Answer(result: result, elapsed: ContinuousClock.now - start))
             }
         }
-        condition.lock()
-        while remaining > 0 { condition.wait() }
-        defer { results = []; condition.unlock() }
-        return results
+        queue.run { answers.complete }
+        return answers.all
+    }
+
+    /// The answers of one `call`, filled in by completions that run on the calling thread
+    /// (inside `queue.run`) or, for a call the channel refused, inside `unary` itself.
+    private final class Answers: @unchecked Sendable {
+        private(set) var all: [Answer?]
+        private var remaining = 0
+        var complete: Bool { remaining == 0 }
+
+        init(count: Int) { all = Array(repeating: nil, count: count) }
+        func expect() { remaining += 1 }
+        func store(_ i: Int, _ answer: Answer) {
+            all[i] = answer
+            remaining -= 1
+        }
     }
 }

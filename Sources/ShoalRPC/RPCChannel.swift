@@ -85,6 +85,19 @@ public final class RPCChannel: @unchecked Sendable {
         call.startUnary(request, completion)
     }
 
+    /// The same call with its completion on `queue`: `completion` runs inside the
+    /// `queue.run(until:)` of the thread that waits for it.
+    public func unary(
+        _ method: String, request: RPCPayload, timeout: Duration, on queue: RPCCallerQueue,
+        completion: @escaping @Sendable (Result<RPCPayload, Error>) -> Void
+    ) {
+        guard let call = makeCall(method, timeout: timeout, queue: queue.raw) else {
+            completion(.failure(RPCStatus(code: .unavailable, message: "channel closed")))
+            return
+        }
+        call.startUnary(request, completion)
+    }
+
     /// Calls `method` with one request and returns the server's stream of responses.
     ///
     /// The stream finishes normally when the server ends with OK, and throws `RPCStatus`
@@ -106,8 +119,9 @@ public final class RPCChannel: @unchecked Sendable {
         return stream
     }
 
-    /// A new call on this channel's completion queue, or nil once the channel is closed.
-    private func makeCall(_ method: String, timeout: Duration) -> ClientCall? {
+    /// A new call on `queue` (this channel's completion queue if nil), or nil once the channel
+    /// is closed.
+    private func makeCall(_ method: String, timeout: Duration, queue: OpaquePointer? = nil) -> ClientCall? {
         let deadline = grpcDeadline(after: timeout)
         return lock.withLock { () -> ClientCall? in
             guard let channel = raw else { return nil }
@@ -119,7 +133,7 @@ public final class RPCChannel: @unchecked Sendable {
                 methods[method] = handle
             }
             let call = grpc_channel_create_registered_call(
-                channel, nil, cgrpc_propagate_defaults(), queue.raw, handle, deadline, nil)!
+                channel, nil, cgrpc_propagate_defaults(), queue ?? self.queue.raw, handle, deadline, nil)!
             return ClientCall(raw: call, registry: calls)
         }
     }

@@ -153,3 +153,53 @@ func string(from slice: UnsafeMutablePointer<grpc_slice>) -> String {
     let bytes = UnsafeBufferPointer(start: cgrpc_slice_start(slice), count: count)
     return String(decoding: bytes, as: UTF8.self)
 }
+
+/// A completion queue that its owner's thread polls itself instead of a dedicated thread.
+///
+/// For a caller that starts several unary calls and then blocks until all have answered, such
+/// as a forward pass fanning a layer out to its workers: the thread that waits is the one the
+/// core wakes with each answer, which saves a thread handoff per answer (the channel's own
+/// queue thread would otherwise take the answer and then wake the waiting thread).
+/// Completions of calls started on this queue run inside `run(until:)`, on the calling thread.
+/// One thread at a time may call `run`; every call started on the queue must have completed
+/// before the queue is released (calls always end, at the latest at their deadline).
+public final class RPCCallerQueue: @unchecked Sendable {
+    let raw: OpaquePointer
+
+    public init() {
+        GRPCLibrary.retain()
+        raw = grpc_completion_queue_create_for_next(nil)
+    }
+
+    deinit {
+        grpc_completion_queue_shutdown(raw)
+        while poll(timeout: nil) {}
+        grpc_completion_queue_destroy(raw)
+        GRPCLibrary.release()
+    }
+
+    /// Runs the completions of this queue's calls as they arrive until `done()` holds.
+    public func run(until done: () -> Bool) {
+        while !done() {
+            // A bounded wait, so that a `done` made true by something other than this queue's
+            // own events is still noticed.
+            if !poll(timeout: .milliseconds(50)) { return }
+        }
+    }
+
+    /// Waits up to `timeout` (forever if nil) for one event and runs its completion; false
+    /// once the queue has shut down.
+    private func poll(timeout: Duration?) -> Bool {
+        let deadline = timeout.map { grpcDeadline(after: $0) } ?? gpr_inf_future(GPR_CLOCK_REALTIME)
+        let event = grpc_completion_queue_next(raw, deadline, nil)
+        switch event.type {
+        case GRPC_OP_COMPLETE:
+            Unmanaged<CompletionTag>.fromOpaque(event.tag).takeRetainedValue().onComplete(event.success != 0)
+            return true
+        case GRPC_QUEUE_SHUTDOWN:
+            return false
+        default:  // GRPC_QUEUE_TIMEOUT
+            return true
+        }
+    }
+}

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import ShoalRPC
 import Testing
 
@@ -37,6 +38,30 @@ struct UnaryTests {
             #expect(failed?.code == .invalidArgument && failed?.message == "layer 99 out of range")
             let crashed = await status { try await channel.unary(inlineCrash, request: request, timeout: .seconds(5)) }
             #expect(crashed?.code == .internal)
+        }
+    }
+
+    /// Calls on an `RPCCallerQueue` complete inside `run` on the waiting thread: an answer, a
+    /// deadline and a closed channel each end their call exactly once.
+    @Test func callerQueueRunsEveryCompletion() async throws {
+        try await withTestServer { _, channel in
+            let queue = RPCCallerQueue()
+            let closed = RPCChannel(target: "127.0.0.1:1")
+            closed.close()
+            let request = patterned(4 << 10)
+            let results = Mutex<[Int: Result<RPCPayload, Error>]>([:])
+            let calls = [(channel, Method.echo, Duration.seconds(5)), (channel, Method.slow, .milliseconds(200)),
+                         (closed, Method.echo, .seconds(5))]
+            for (i, (target, method, timeout)) in calls.enumerated() {
+                target.unary(method, request: request, timeout: timeout, on: queue) { result in
+                    results.withLock { $0[i] = $0[i] == nil ? result : .failure(Boom()) }
+                }
+            }
+            queue.run { results.withLock { $0.count == calls.count } }
+            let answers = results.withLock { $0 }
+            #expect((try? answers[0]?.get()).map { sameBytes(request, $0) } == true)
+            #expect(await status { try answers[1]!.get() }?.code == .deadlineExceeded)
+            #expect(await status { try answers[2]!.get() }?.code == .unavailable)
         }
     }
 
