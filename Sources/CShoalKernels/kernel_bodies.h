@@ -25,8 +25,9 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 
 // GEMV splits its rows into GEMV_STREAMS equal runs and walks them side by side, one row of each
 // at a time: every run is read in storage order, one sequential stream the hardware prefetcher
-// follows, and each row has its own FMA chain. Measured on Zen 4 (/tmp harness, bf16, 16
-// matrices from DRAM, median GB/s; a plain read of the same bytes for scale):
+// follows, and each row has its own FMA chain. Measured on Zen 4 (a scratch harness timing the
+// variants side by side, not kept; bf16, 16 matrices from DRAM, median GB/s; a plain read of
+// the same bytes for scale; `shoal bench-kernels --tokens 1` times the kernel kept):
 //   - 8 neighbouring rows at a time (8 streams 2 KB apart, with or without software prefetch)
 //     reached half of a plain read: 3584x1024 one thread 12.6 vs 25.0;
 //   - one row at a time (one stream, one chain): 26.5 there, but a long row is bound by the
@@ -44,9 +45,7 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 #define MC 64
 #define KC 2048
 // Up to this many tokens the GEMM walks W as the GEMV does (gemm_streams).
-#ifndef GEMM_STREAM_TOKENS
 #define GEMM_STREAM_TOKENS 32
-#endif
 
 // ---- loads ---------------------------------------------------------------------------------
 
