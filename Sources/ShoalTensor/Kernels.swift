@@ -108,12 +108,14 @@ public enum Kernels {
         withUnsafePointer(to: job) { gemm(UnsafeBufferPointer(start: $0, count: 1), pool: pool) }
     }
 
-    /// a · b over `count` floats.
+    /// a · b over `count` floats: the dot product `attend` runs per cached key, exposed so
+    /// tests can check it at every length on every instruction set.
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
         shoal_dot_f32(a, b, count)
     }
 
-    /// y += alpha * x over `count` floats.
+    /// y += alpha * x over `count` floats: the update `attend` runs per cached value, exposed
+    /// for the same tests.
     public static func axpy(_ y: UnsafeMutablePointer<Float>, _ alpha: Float,
                             _ x: UnsafePointer<Float>, count: Int) {
         shoal_axpy_f32(y, alpha, x, count)
