@@ -47,11 +47,19 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 // Up to this many tokens the GEMM walks W as the GEMV does (gemm_streams).
 #define GEMM_STREAM_TOKENS 32
 // What a GEMM tile prefetches while it computes. The blocked kernel fetches the next tile's rows
-// into L2; the streamed walk fetches its own rows GEMV_PREFETCH bytes ahead, as the GEMV does
-// (one token tile per row set does so: the others find the rows in L1). Measured on Zen 4
-// (shoal bench-kernels --matrices 16, 3584x1024 bf16, one thread, 3 interleaved runs, us per
-// product, none -> ahead): 2 tokens 434-501 -> 302-481, 4 tokens 637-648 -> 490-576, 8 tokens
-// 827-867 -> 807-853, 16 tokens unchanged; 512 and 1024 bytes ahead did no better.
+// into L2. The streamed walk fetches its own rows twice, GEMV_PREFETCH bytes ahead into L1 as the
+// GEMV does and GEMM_PREFETCH_L2 bytes ahead into L2 (one token tile per row set does so: the
+// others find the rows in L1). A few tokens take longer per byte than a GEMV, so the L1 fetch
+// alone does not keep the DRAM busy. Measured on Zen 4 (shoal bench-kernels --matrices 16,
+// 3584x1024 bf16, one thread, 3 interleaved runs, us per product; the first column is from an
+// earlier set of runs):
+//   tokens   no prefetch   L1 256 B    + L2 2 KB   (+ L2 4 KB instead)
+//   2        434-501       314-382     349-375     (320-335)
+//   4        637-648       524-549     411-430     (392-399)
+//   8        827-867       759-793     635-648     (693-722)
+//   16       1353-1427     1291-1330   1178-1189   (1244-1327)
+// The GEMV gains nothing from the L2 fetch (1 token: 304-371 without, 349-407 with).
+#define GEMM_PREFETCH_L2 2048
 enum { PREFETCH_NONE, PREFETCH_NEXT_TILE, PREFETCH_AHEAD };
 
 // ---- loads ---------------------------------------------------------------------------------
@@ -151,7 +159,7 @@ INLINE void gemv_body(const void *W, int bf16, size_t cols, const float *x, floa
 // R*T vector accumulators: each w load feeds T FMAs and each x load R.
 // Tile row i is w + i*ldw and lands in y[t*ldy + i*ys]. `prefetch` is PREFETCH_NEXT_TILE (the
 // next tile's rows, w + RT*ldw, same columns), PREFETCH_AHEAD (this tile's rows GEMV_PREFETCH
-// bytes ahead) or PREFETCH_NONE.
+// and GEMM_PREFETCH_L2 bytes ahead) or PREFETCH_NONE.
 INLINE void gemm_tile(const void *w, int bf16, size_t ldw, const float *x, size_t ldx,
                       size_t kc, float *y, size_t ldy, size_t ys, int R, int T, int accumulate,
                       int prefetch) {
@@ -167,8 +175,11 @@ INLINE void gemm_tile(const void *w, int bf16, size_t ldw, const float *x, size_
         if (prefetch == PREFETCH_NEXT_TILE && k % line == 0)
             UNROLL for (int i = 0; i < RT; i++) __builtin_prefetch(next + (i * ldw + k) * es, 0, 3);
         if (prefetch == PREFETCH_AHEAD && k % line == 0)
-            UNROLL for (int i = 0; i < R; i++)
-                __builtin_prefetch((const char *)w + (i * ldw + k) * es + GEMV_PREFETCH, 0, 3);
+            UNROLL for (int i = 0; i < R; i++) {
+                const char *row = (const char *)w + (i * ldw + k) * es;
+                __builtin_prefetch(row + GEMV_PREFETCH, 0, 3);
+                __builtin_prefetch(row + GEMM_PREFETCH_L2, 0, 2);
+            }
         vf wv[RT];
         UNROLL for (int i = 0; i < R; i++) wv[i] = load_w(w, i * ldw + k, bf16);
         UNROLL for (int t = 0; t < T; t++) {
