@@ -236,8 +236,9 @@ INLINE void gemm_rows(const void *w, int bf16, size_t ldw, size_t R, const float
 // split into RT runs side by side, whole rows in storage order, each tile taking its RT rows one
 // from each run (every tile row its own stream) with every token tile and K block of those rows
 // before moving on; x, n x cols floats, stays in L2. Sums run in the same order as gemm_blocked.
-// Measured on Zen 4 (shoal bench-kernels, 3584x1024 bf16, one thread, 3 interleaved runs, us
-// per product, blocked -> streamed): 2 tokens 662-796 -> 323-507, 4 tokens 689-828 -> 533-681,
+// Measured on Zen 4 before the walk prefetched (see GEMM_PREFETCH_L2 for what that added; shoal
+// bench-kernels, 3584x1024 bf16, one thread, 3 interleaved runs, us per product, blocked ->
+// streamed): 2 tokens 662-796 -> 323-507, 4 tokens 689-828 -> 533-681,
 // 8 tokens 884-1026 -> 764-884, 16 tokens 1409-1625 -> 1326-1476; 32 tokens 2703-2828 ->
 // 2497-2578; 64 tokens the blocked kernel wins.
 INLINE void gemm_stream_rows(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
