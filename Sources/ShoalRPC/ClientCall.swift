@@ -9,6 +9,7 @@ final class CallRegistry<Call: AnyObject>: @unchecked Sendable {
     func insert(_ call: Call) { lock.withLock { calls[ObjectIdentifier(call)] = call } }
     func remove(_ call: Call) { _ = lock.withLock { calls.removeValue(forKey: ObjectIdentifier(call)) } }
     func removeAll() -> [Call] { lock.withLock { defer { calls = [:] }; return Array(calls.values) } }
+    func all() -> [Call] { lock.withLock { Array(calls.values) } }
 }
 
 /// One client `grpc_call` and the memory its batches write into.
@@ -161,6 +162,58 @@ final class ClientCall: @unchecked Sendable {
             }
         }
         if !startBatch(ops, tag) { stream.messagesEnded() }
+    }
+
+    // MARK: Exchange streams (bidirectional, one message each way at a time)
+
+    /// Starts the batch that waits for the stream's status; `completion` gets it once the
+    /// stream has ended. False if the call is already gone.
+    func startExchangeStatus(_ completion: @escaping @Sendable (RPCStatus) -> Void) -> Bool {
+        var ops = [grpc_op](repeating: grpc_op(), count: 1)
+        setReceiveStatus(&ops[0])
+        return startBatch(ops, CompletionTag { [self] _ in
+            let status = currentStatus()
+            statusArrived()
+            completion(status)
+        })
+    }
+
+    /// Sends one message, preceded by the initial metadata when it is the stream's `first`;
+    /// `completion` says whether the core took it. False if the call is already gone.
+    func startExchangeSend(_ payload: RPCPayload, first: Bool, _ completion: @escaping @Sendable (Bool) -> Void) -> Bool {
+        sendBuffer = payload.makeByteBuffer()
+        var ops = [grpc_op](repeating: grpc_op(), count: 2)
+        ops[0].op = GRPC_OP_SEND_MESSAGE
+        ops[0].data.send_message.send_message = sendBuffer
+        ops[1].op = GRPC_OP_SEND_INITIAL_METADATA
+        let started = startBatch(first ? ops : [ops[0]], CompletionTag { [self] success in
+            destroySendBuffer()
+            batchFinished()
+            completion(success)
+        })
+        if !started { destroySendBuffer() }
+        return started
+    }
+
+    /// Receives one message, with the server's initial metadata when it is the stream's
+    /// `first`; `completion` gets nil at the end of the stream. False if the call is gone.
+    func startExchangeReceive(first: Bool, _ completion: @escaping @Sendable (RPCPayload?) -> Void) -> Bool {
+        var ops = [grpc_op](repeating: grpc_op(), count: 2)
+        ops[0].op = GRPC_OP_RECV_MESSAGE
+        ops[0].data.recv_message.recv_message = received
+        ops[1].op = GRPC_OP_RECV_INITIAL_METADATA
+        ops[1].data.recv_initial_metadata.recv_initial_metadata = initialMetadata
+        return startBatch(first ? ops : [ops[0]], CompletionTag { [self] success in
+            let message = received.pointee
+            received.pointee = nil
+            batchFinished()
+            if success, let message {
+                completion(RPCPayload(consuming: message))
+            } else {
+                if let message { grpc_byte_buffer_destroy(message) }
+                completion(nil)
+            }
+        })
     }
 
     // MARK: Cancellation and lifetime

@@ -1,8 +1,8 @@
 import CGRPCCore
 import Foundation
 
-/// A client connection to one gRPC server, carrying unary and server-streaming calls whose
-/// messages are opaque bytes.
+/// A client connection to one gRPC server, carrying unary, server-streaming and exchange
+/// calls whose messages are opaque bytes.
 ///
 /// The channel owns a `grpc_channel`, a completion queue and that queue's polling thread. Each
 /// method is registered with the core on first use (`grpc_channel_register_call`), and its name
@@ -119,10 +119,19 @@ public final class RPCChannel: @unchecked Sendable {
         return stream
     }
 
+    /// Opens an exchange stream to `method`, a bidirectional streaming method whose server
+    /// answers each request message with one response message (`RPCServer`'s `exchange`
+    /// handlers). The stream has no deadline of its own: its caller bounds each exchange. Its
+    /// completions run inside `queue.run`. On a closed channel every exchange fails with
+    /// `.unavailable`.
+    public func openExchange(_ method: String, on queue: RPCCallerQueue) -> RPCExchange {
+        RPCExchange(call: makeCall(method, timeout: nil, queue: queue.raw))
+    }
+
     /// A new call on `queue` (this channel's completion queue if nil), or nil once the channel
-    /// is closed.
-    private func makeCall(_ method: String, timeout: Duration, queue: OpaquePointer? = nil) -> ClientCall? {
-        let deadline = grpcDeadline(after: timeout)
+    /// is closed; `timeout` nil for none.
+    private func makeCall(_ method: String, timeout: Duration?, queue: OpaquePointer? = nil) -> ClientCall? {
+        let deadline = timeout.map { grpcDeadline(after: $0) } ?? gpr_inf_future(GPR_CLOCK_MONOTONIC)
         return lock.withLock { () -> ClientCall? in
             guard let channel = raw else { return nil }
             let handle: UnsafeMutableRawPointer

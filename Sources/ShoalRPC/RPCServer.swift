@@ -17,6 +17,12 @@ public final class RPCServer: Sendable {
     public typealias InlineHandler = @Sendable (RPCPayload, RPCServerContext) throws -> RPCPayload
     /// Answers one request with a stream of responses written through the writer.
     public typealias StreamingHandler = @Sendable (RPCPayload, RPCServerContext, RPCStreamWriter) async throws -> Void
+    /// Answers each request message of an exchange stream (`RPCChannel.openExchange`) with one
+    /// response message, on the polling thread as an `InlineHandler`. A stream carries one
+    /// exchange at a time and ends when the client half-closes it (OK) or when the handler
+    /// throws (that status; the client opens a new stream). A server shutting down ends each
+    /// stream with `.unavailable` once its current answer has gone out.
+    public typealias ExchangeHandler = @Sendable (RPCPayload, RPCServerContext) throws -> RPCPayload
 
     private let core: ServerCore
 
@@ -35,6 +41,8 @@ public final class RPCServer: Sendable {
     /// - Parameter maxReceiveBytes: the largest request accepted (default 64 MiB); a larger one
     ///   fails that call with `.resourceExhausted`.
     /// - Parameter inline: unary methods answered on the polling thread (`InlineHandler`).
+    /// - Parameter exchange: bidirectional streaming methods answered message by message on
+    ///   the polling thread (`ExchangeHandler`).
     /// - Throws: `RPCError.bindFailed` when the address cannot be bound,
     ///   `RPCError.serverTLSNeedsKeyAndCertificate` for incomplete TLS settings.
     public static func start(
@@ -43,11 +51,12 @@ public final class RPCServer: Sendable {
         maxReceiveBytes: Int = 64 << 20,
         unary: [String: UnaryHandler] = [:],
         inline: [String: InlineHandler] = [:],
-        serverStreaming: [String: StreamingHandler] = [:]
+        serverStreaming: [String: StreamingHandler] = [:],
+        exchange: [String: ExchangeHandler] = [:]
     ) throws -> RPCServer {
         RPCServer(core: try ServerCore(
             listen: listen, security: security, maxReceiveBytes: maxReceiveBytes,
-            unary: unary, inline: inline, serverStreaming: serverStreaming))
+            unary: unary, inline: inline, serverStreaming: serverStreaming, exchange: exchange))
     }
 
     /// Runs `body` with a started server and shuts the server down when `body` returns or
@@ -60,11 +69,12 @@ public final class RPCServer: Sendable {
         unary: [String: UnaryHandler] = [:],
         inline: [String: InlineHandler] = [:],
         serverStreaming: [String: StreamingHandler] = [:],
+        exchange: [String: ExchangeHandler] = [:],
         body: (RPCServer) async throws -> T
     ) async throws -> T {
         let server = try start(
             listen: listen, security: security, maxReceiveBytes: maxReceiveBytes,
-            unary: unary, inline: inline, serverStreaming: serverStreaming)
+            unary: unary, inline: inline, serverStreaming: serverStreaming, exchange: exchange)
         do {
             let result = try await body(server)
             await server.shutdown(grace: .zero)

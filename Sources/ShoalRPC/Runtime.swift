@@ -187,6 +187,17 @@ public final class RPCCallerQueue: @unchecked Sendable {
         }
     }
 
+    /// Runs completions as they arrive until `done()` holds or `deadline` passes; whether
+    /// `done()` held.
+    public func run(until done: () -> Bool, deadline: ContinuousClock.Instant) -> Bool {
+        while !done() {
+            let left = deadline - .now
+            if left <= .zero { return false }
+            if !poll(timeout: min(left, .milliseconds(50))) { return done() }
+        }
+        return true
+    }
+
     /// Waits up to `timeout` (forever if nil) for one event and runs its completion; false
     /// once the queue has shut down.
     private func poll(timeout: Duration?) -> Bool {

@@ -17,8 +17,14 @@ final class ServerCall: @unchecked Sendable {
     private var sendInFlight = false
     private var handlerTask: Task<Void, Never>?
 
+    /// For an exchange stream: waiting for the client's next message (no handler running), and
+    /// the status to end with at the next chance once the server is shutting down.
+    private var exchangeIdle = false
+    private var exchangeEnding: RPCStatus?
+
     private let cancelled = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
     private let statusDetails = UnsafeMutablePointer<grpc_slice>.allocate(capacity: 1)
+    private let received = UnsafeMutablePointer<UnsafeMutablePointer<grpc_byte_buffer>?>.allocate(capacity: 1)
     // Owned by the one send or status batch in flight (at most one of each at a time).
     private var messageBuffer: UnsafeMutablePointer<grpc_byte_buffer>?
 
@@ -28,15 +34,18 @@ final class ServerCall: @unchecked Sendable {
         self.registry = registry
         cancelled.initialize(to: 0)
         statusDetails.initialize(to: grpc_empty_slice())
+        received.initialize(to: nil)
         registry.insert(self)
         startReceiveClose()
     }
 
     deinit {
         if let messageBuffer { grpc_byte_buffer_destroy(messageBuffer) }
+        if let message = received.pointee { grpc_byte_buffer_destroy(message) }
         grpc_slice_unref(statusDetails.pointee)
         statusDetails.deallocate()
         cancelled.deallocate()
+        received.deallocate()
     }
 
     /// Runs `body` in a new task that is cancelled when the call is.
@@ -77,6 +86,24 @@ final class ServerCall: @unchecked Sendable {
             return nil
         }
         if let refusal { return continuation.resume(throwing: refusal) }
+        let started = startSend(payload) { [self] success in
+            lock.withLock { sendInFlight = false }
+            finishIfDone()
+            if success {
+                continuation.resume()
+            } else {
+                continuation.resume(throwing: RPCStatus(code: .cancelled, message: "call ended"))
+            }
+        }
+        if !started {
+            lock.withLock { sendInFlight = false }
+            continuation.resume(throwing: RPCStatus(code: .cancelled, message: "call ended"))
+        }
+    }
+
+    /// Starts the batch that sends `payload` (with the initial metadata if not yet sent);
+    /// `completion` runs once the batch is done and counted out. False if it could not start.
+    private func startSend(_ payload: RPCPayload, _ completion: @escaping @Sendable (_ success: Bool) -> Void) -> Bool {
         messageBuffer = payload.makeByteBuffer()
         var ops = [grpc_op](repeating: grpc_op(), count: 2)
         ops[0].op = GRPC_OP_SEND_MESSAGE
@@ -85,22 +112,70 @@ final class ServerCall: @unchecked Sendable {
         let includeMetadata = lock.withLock { defer { initialMetadataSent = true }; return !initialMetadataSent }
         let started = startBatch(includeMetadata ? ops : [ops[0]], CompletionTag { [self] success in
             releaseMessageBuffer()
-            lock.withLock {
-                sendInFlight = false
+            lock.withLock { batchesInFlight -= 1 }
+            completion(success)
+        })
+        if !started { releaseMessageBuffer() }
+        return started
+    }
+
+    // MARK: Exchange streams
+
+    /// Serves an exchange stream on the polling thread: receives one message, answers it with
+    /// `handler`'s response, and receives the next once the answer has gone out. The client's
+    /// half-close ends the call with OK; a handler that throws ends it with `status(error)`.
+    func serveExchange(
+        _ handler: @escaping @Sendable (RPCPayload) throws -> RPCPayload,
+        status: @escaping @Sendable (Error) -> RPCStatus
+    ) {
+        let ending = lock.withLock { () -> RPCStatus? in
+            if exchangeEnding == nil { exchangeIdle = true }
+            return exchangeEnding
+        }
+        if let ending { return finish(ending) }
+        var ops = [grpc_op()]
+        ops[0].op = GRPC_OP_RECV_MESSAGE
+        ops[0].data.recv_message.recv_message = received
+        _ = startBatch(ops, CompletionTag { [self] success in
+            let message = received.pointee
+            received.pointee = nil
+            let ending = lock.withLock { () -> RPCStatus? in
                 batchesInFlight -= 1
+                exchangeIdle = false
+                return exchangeEnding
             }
-            finishIfDone()
-            if success {
-                continuation.resume()
-            } else {
-                continuation.resume(throwing: RPCStatus(code: .cancelled, message: "call ended"))
+            defer { finishIfDone() }
+            guard ending == nil, success, let message else {
+                if let message { grpc_byte_buffer_destroy(message) }
+                // Ending already sent its status; otherwise the client half-closed (OK) or the
+                // call is over, and a status is dropped.
+                if ending == nil { finish(RPCStatus(code: .ok)) }
+                return
+            }
+            let response: RPCPayload
+            do {
+                response = try handler(RPCPayload(consuming: message))
+            } catch {
+                return finish(status(error))
+            }
+            // The next message is received once this answer has gone out.
+            _ = startSend(response) { [self] success in
+                if success { serveExchange(handler, status: status) }
+                finishIfDone()
             }
         })
-        if !started {
-            releaseMessageBuffer()
-            lock.withLock { sendInFlight = false }
-            continuation.resume(throwing: RPCStatus(code: .cancelled, message: "call ended"))
+    }
+
+    /// For a server shutting down: ends an exchange stream with `status` now if it is waiting
+    /// for the client, or else after the answer being computed has gone out. Nothing for
+    /// other calls.
+    func endExchange(_ status: RPCStatus) {
+        let idle = lock.withLock { () -> Bool in
+            guard exchangeEnding == nil else { return false }
+            exchangeEnding = status
+            return exchangeIdle
         }
+        if idle { finish(status) }
     }
 
     /// Ends the call with `status`, preceded by `response` for a unary call. Dropped silently if

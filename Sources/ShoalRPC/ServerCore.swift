@@ -11,6 +11,7 @@ final class ServerCore: @unchecked Sendable {
     private let unary: [String: RPCServer.UnaryHandler]
     private let inline: [String: RPCServer.InlineHandler]
     private let streaming: [String: RPCServer.StreamingHandler]
+    private let exchange: [String: RPCServer.ExchangeHandler]
     private let methods: [RegisteredMethod]
 
     // `lock` guards `raw`, `accepting` and `notified`.
@@ -26,9 +27,9 @@ final class ServerCore: @unchecked Sendable {
     init(
         listen: String, security: RPCSecurity, maxReceiveBytes: Int,
         unary: [String: RPCServer.UnaryHandler], inline: [String: RPCServer.InlineHandler],
-        serverStreaming: [String: RPCServer.StreamingHandler]
+        serverStreaming: [String: RPCServer.StreamingHandler], exchange: [String: RPCServer.ExchangeHandler]
     ) throws(RPCError) {
-        let names = [Array(unary.keys), Array(inline.keys), Array(serverStreaming.keys)]
+        let names = [Array(unary.keys), Array(inline.keys), Array(serverStreaming.keys), Array(exchange.keys)]
         precondition(
             Set(names.joined()).count == names.reduce(0) { $0 + $1.count },
             "a method name has more than one handler")
@@ -37,6 +38,7 @@ final class ServerCore: @unchecked Sendable {
         self.unary = unary
         self.inline = inline
         streaming = serverStreaming
+        self.exchange = exchange
         queue = CompletionQueue(name: "shoal.rpc.server")
         let server = withChannelArguments(maxReceiveBytes: maxReceiveBytes, forServer: true) { grpc_server_create($0, nil)! }
         grpc_server_register_completion_queue(server, queue.raw, nil)
@@ -51,10 +53,13 @@ final class ServerCore: @unchecked Sendable {
         port = Int(bound)
         var methods: [RegisteredMethod] = []
         for name in names.joined() {
-            guard let handle = grpc_server_register_method(
-                server, GRPCLibrary.methodName(name), nil, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0)
+            // An exchange stream reads its messages itself; every other call arrives with its one
+            // request.
+            let readsPayload = exchange[name] == nil
+            let payload = readsPayload ? GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER : GRPC_SRM_PAYLOAD_NONE
+            guard let handle = grpc_server_register_method(server, GRPCLibrary.methodName(name), nil, payload, 0)
             else { preconditionFailure("the core refused to register method \(name)") }
-            methods.append(RegisteredMethod(name: name, handle: handle))
+            methods.append(RegisteredMethod(name: name, handle: handle, readsPayload: readsPayload))
         }
         self.methods = methods
         raw = server
@@ -81,8 +86,8 @@ final class ServerCore: @unchecked Sendable {
             guard accepting, let server = raw else { return }
             let opaque = tag.retainedOpaque
             let result = grpc_server_request_registered_call(
-                server, method.handle, slot.call, slot.deadline, slot.metadata, slot.payload,
-                queue.raw, queue.raw, opaque)
+                server, method.handle, slot.call, slot.deadline, slot.metadata,
+                method.readsPayload ? slot.payload : nil, queue.raw, queue.raw, opaque)
             if result != GRPC_CALL_OK { CompletionTag.releaseUnqueued(opaque) }
         }
     }
@@ -90,6 +95,9 @@ final class ServerCore: @unchecked Sendable {
     private func dispatch(_ method: String, call raw: OpaquePointer, deadline: gpr_timespec, request: RPCPayload?) {
         let context = RPCServerContext(method: method, deadline: deadline)
         let call = ServerCall(raw: raw, context: context, registry: calls)
+        if let handler = exchange[method] {
+            return call.serveExchange({ try handler($0, context) }, status: Self.status(for:))
+        }
         guard let request else {
             return call.finish(RPCStatus(code: .invalidArgument, message: "the request carried no message"))
         }
@@ -150,7 +158,7 @@ final class ServerCore: @unchecked Sendable {
     /// Stops accepting calls and asks the core to notify when running calls are done. False when
     /// shutdown had already begun.
     func beginShutdown() -> Bool {
-        lock.withLock {
+        let began = lock.withLock { () -> Bool in
             guard accepting, let server = raw else { return false }
             accepting = false
             let tag = CompletionTag { [self] _ in
@@ -160,6 +168,13 @@ final class ServerCore: @unchecked Sendable {
             grpc_server_shutdown_and_notify(server, queue.raw, tag.retainedOpaque)
             return true
         }
+        guard began else { return false }
+        // Exchange streams stay open between requests, and would hold the shutdown for its
+        // whole grace: end each one once it is not computing.
+        for call in calls.all() {
+            call.endExchange(RPCStatus(code: .unavailable, message: "the server is shutting down"))
+        }
+        return true
     }
 
     var shutdownNotified: Bool { lock.withLock { notified } }
@@ -188,6 +203,9 @@ final class ServerCore: @unchecked Sendable {
 private struct RegisteredMethod: @unchecked Sendable {
     let name: String
     let handle: UnsafeMutableRawPointer
+    /// Whether the core delivers the call with its first message (the core refuses a payload
+    /// slot for a method registered without one).
+    let readsPayload: Bool
 }
 
 /// Where the core writes a new call to a registered method (stable addresses until the tag).
