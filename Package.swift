@@ -82,7 +82,8 @@ let package = Package(
         .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI", "ShoalTestSupport"]),
         .testTarget(
             name: "ShoalClusterTests",
-            dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor", "ShoalTestSupport"]
+            dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor", "ShoalTestSupport",
+                           .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "ShoalHTTPTests", dependencies: ["ShoalHTTP", "ShoalTestSupport"]),
         .testTarget(

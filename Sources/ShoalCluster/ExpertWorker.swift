@@ -60,8 +60,9 @@ public final class ExpertWorker: Sendable {
     }
 
     /// Serves the worker's methods on `listen` (`"host:port"`, port 0 for any free port).
-    /// Compute runs on the server's polling thread (`RPCServer.InlineHandler`): it is the
-    /// coordinator's critical path, and handing it to a task cost a thread wake-up per call.
+    /// Compute and ComputeStream run on the server's polling thread (`RPCServer.InlineHandler`,
+    /// `ExchangeHandler`): they are the coordinator's critical path, and handing them to a task
+    /// cost a thread wake-up per call.
     public func startServer(listen: String) throws -> RPCServer {
         try RPCServer.start(
             listen: listen,
@@ -69,7 +70,8 @@ public final class ExpertWorker: Sendable {
                 ExpertServiceMethod.hello: { [self] request, _ in try hello(request) },
                 ExpertServiceMethod.health: { [self] request, _ in try health(request) },
             ],
-            inline: [ExpertServiceMethod.compute: { [self] request, _ in try compute(request) }])
+            inline: [ExpertServiceMethod.compute: { [self] request, _ in try compute(request) }],
+            exchange: [ExpertServiceMethod.computeStream: { [self] request, _ in try compute(request) }])
     }
 
     func hello(_ payload: RPCPayload) throws -> RPCPayload {

@@ -5,7 +5,8 @@ import ShoalRPC
 /// async (the forward pass). The calls complete on a queue this thread polls itself
 /// (`RPCCallerQueue`), so each answer wakes the waiting thread directly. One thread at a time.
 final class Fanout: @unchecked Sendable {
-    private let queue = RPCCallerQueue()
+    /// Where the calls and exchange streams of this fan-out complete.
+    let queue = RPCCallerQueue()
 
     /// One channel's answer and how long after the call began it arrived.
     struct Answer {
@@ -13,8 +14,8 @@ final class Fanout: @unchecked Sendable {
         var elapsed: Duration
     }
 
-    /// Sends `requests[i]` (nil: nothing for that channel) to `channels[i]` and returns each
-    /// answer in channel order; nil where nothing was sent.
+    /// Sends `requests[i]` (nil: nothing for that channel) to `channels[i]` as unary calls and
+    /// returns each answer in channel order; nil where nothing was sent.
     func call(_ channels: [RPCChannel], _ method: String, _ requests: [RPCPayload?],
               timeout: Duration) -> [Answer?] {
         let start = ContinuousClock.now
@@ -27,6 +28,29 @@ final class Fanout: @unchecked Sendable {
             }
         }
         queue.run { answers.complete }
+        return answers.all
+    }
+
+    /// Sends `requests[i]` on `streams[i]` (opened on `queue`) and returns each answer in
+    /// stream order; nil where nothing was sent. A stream that has not answered within
+    /// `timeout` is cancelled and its answer is `.deadlineExceeded`.
+    func exchange(_ streams: [RPCExchange?], _ requests: [RPCPayload?], timeout: Duration) -> [Answer?] {
+        let start = ContinuousClock.now
+        let answers = Answers(count: streams.count)
+        for (i, request) in requests.enumerated() {
+            guard let request, let stream = streams[i] else { continue }
+            answers.expect()
+            stream.exchange(request) { result in
+                answers.store(i, Answer(result: result, elapsed: ContinuousClock.now - start))
+            }
+        }
+        if !queue.run(until: { answers.complete }, deadline: start + timeout) {
+            let late = RPCStatus(code: .deadlineExceeded, message: "no answer within \(timeout)")
+            for (i, stream) in streams.enumerated() where requests[i] != nil && answers.all[i] == nil {
+                stream?.cancel(late)
+            }
+            queue.run { answers.complete }
+        }
         return answers.all
     }
 

@@ -8,8 +8,9 @@ import ShoalTensor
 /// Experts held by worker daemons, reached over gRPC: the coordinator's `ExpertBackend`.
 ///
 /// At start it says hello to every worker and builds the placement table, (layer, expert) →
-/// the workers holding it. Per layer it sends one Compute to each worker that holds a chosen
-/// expert, all in flight at once, and adds the answers per token in ascending order of each
+/// the workers holding it. Per layer it sends one Compute request to each worker that holds a
+/// chosen expert, all in flight at once, each on that worker's ComputeStream (one stream per
+/// worker, opened on first use and again after it ends), and adds the answers per token in ascending order of each
 /// answer's lowest expert. With Mixtral's two experts per token that is exactly the order one
 /// process adds them in, so with the f32 wire the result is bit-identical (DESIGN invariant 1).
 ///
@@ -53,6 +54,10 @@ public final class RemoteExperts: ExpertBackend {
     /// address, time to its answer, whether it failed, request and answer bytes (metrics).
     public var callObserver: ((_ worker: String, _ elapsed: Duration, _ failed: Bool, _ sent: Int, _ received: Int) -> Void)?
     private let channels: [RPCChannel]
+    /// Each worker's ComputeStream; nil until first used.
+    private var streams: [RPCExchange?]
+    /// Whether that stream has answered a request yet.
+    private var streamAnswered: [Bool]
     private let checkpoint: Checkpoint
     private let options: Options
     private let expectation: HandshakeExpectation
@@ -107,6 +112,8 @@ public final class RemoteExperts: ExpertBackend {
         channels = addresses.map {
             RPCChannel(target: $0, security: options.security, maxReceiveBytes: 1 << 30)
         }
+        streams = Array(repeating: nil, count: addresses.count)
+        streamAnswered = Array(repeating: false, count: addresses.count)
         holders = Array(repeating: Array(repeating: [], count: c.experts), count: c.layers)
         plans = Array(repeating: Plan(), count: addresses.count)
         partials = addresses.map { _ in FloatBuffer() }
@@ -135,6 +142,7 @@ public final class RemoteExperts: ExpertBackend {
         }
     }
 
+    // Closing the channels ends the streams, so the fan-out's queue drains when it goes.
     deinit { for channel in channels { channel.close() } }
 
     // MARK: - Liveness
@@ -254,7 +262,8 @@ public final class RemoteExperts: ExpertBackend {
             }
         }
 
-        // One request per worker with work, all in flight at once.
+        // One request per worker with work, all in flight at once, each on its worker's stream;
+        // a stream known to have ended is replaced first.
         let wire = options.wireDType
         var requests: [RPCPayload?] = Array(repeating: nil, count: workers.count)
         var sent = 0
@@ -262,10 +271,26 @@ public final class RemoteExperts: ExpertBackend {
             let payload = try request(plans[w], layer: layer, x: x, wire: wire)
             sent += payload.count
             requests[w] = payload
+            if streams[w]?.hasEnded ?? true { openStream(w) }
         }
         pool?.idle()
         let start = ContinuousClock.now
-        let answers = fanout.call(channels, ExpertServiceMethod.compute, requests, timeout: options.timeout)
+        var answers = fanout.exchange(streams, requests, timeout: options.timeout)
+        // A stream can end while idle between calls (its worker restarted or shut down); its
+        // end is only seen when it is used next. Such a stream gets the request once more on a
+        // new one, so a restarted worker answers as a unary call would have reached it.
+        var again: [RPCPayload?] = Array(repeating: nil, count: workers.count)
+        for w in plans.indices where streamAnswered[w] {
+            if case .failure(let error as RPCStatus) = answers[w]?.result, error.code == .unavailable {
+                again[w] = requests[w]
+                openStream(w)
+            }
+        }
+        if again.contains(where: { $0 != nil }) {
+            for (w, answer) in fanout.exchange(streams, again, timeout: options.timeout).enumerated() where again[w] != nil {
+                answers[w] = answer
+            }
+        }
         let elapsed = ContinuousClock.now - start
 
         // Every answer checked before any is used; the first failure (in worker order) is thrown.
@@ -290,6 +315,7 @@ public final class RemoteExperts: ExpertBackend {
                 }
                 throw failure
             case .success(let payload):
+                streamAnswered[w] = true
                 received += payload.count
                 let response: Shoal_V1_ComputeResponse
                 do {
@@ -323,6 +349,11 @@ public final class RemoteExperts: ExpertBackend {
                 for i in 0..<dim { o[i] += src[i] }
             }
         }
+    }
+
+    private func openStream(_ w: Int) {
+        streams[w] = channels[w].openExchange(ExpertServiceMethod.computeStream, on: fanout.queue)
+        streamAnswered[w] = false
     }
 
     /// A live worker holding (layer, expert): one already serving this token if it holds the

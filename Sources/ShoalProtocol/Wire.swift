@@ -6,8 +6,9 @@
 /// Hello carries it both ways and the two ends must be equal: there is no negotiation,
 /// because a coordinator and its workers are deployed from the same build.
 public enum ProtocolVersion {
-    /// The version this build sends and accepts.
-    public static let current: UInt32 = 1
+    /// The version this build sends and accepts. 2: coordinators send Compute on one
+    /// ComputeStream per worker.
+    public static let current: UInt32 = 2
 }
 
 /// The gRPC method paths of `shoal.v1.ExpertService`, as the transport addresses them.
@@ -18,10 +19,13 @@ public enum ExpertServiceMethod {
     public static let hello = "/shoal.v1.ExpertService/Hello"
     /// `Compute(ComputeRequest) returns (ComputeResponse)`: one layer's expert work.
     public static let compute = "/shoal.v1.ExpertService/Compute"
+    /// `ComputeStream(stream ComputeRequest) returns (stream ComputeResponse)`: the same
+    /// exchange, one response per request, on one long-lived stream (what coordinators use).
+    public static let computeStream = "/shoal.v1.ExpertService/ComputeStream"
     /// `Health(HealthRequest) returns (HealthResponse)`: liveness and counters.
     public static let health = "/shoal.v1.ExpertService/Health"
     /// Every method path, for a server that registers them all.
-    public static let all = [hello, compute, health]
+    public static let all = [hello, compute, computeStream, health]
 }
 
 /// An activation dtype that may cross the wire: the valid subset of `Shoal_V1_DType`.

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import ShoalTestSupport
 import Testing
 import ShoalCluster
@@ -78,6 +79,30 @@ import ShoalRPC
             let text = await errorText { _ = try greedy(engine.remote, prompt, tokens: 2) }
             #expect(text?.contains(addresses[0]) == true, "\(text ?? "no error")")
         }
+        await cluster.stop()
+    }
+
+    /// The coordinator keeps one Compute stream per worker open between requests. A worker
+    /// restarted in between ends it unseen; the next request still succeeds (its layer is
+    /// sent again on a new stream), as it would have with a call per layer.
+    @Test func workerRestartedBetweenRequestsServesTheNext() async throws {
+        let folder = try Fixtures.path("models/tiny-f32/hf")
+        let prompt = try Fixtures.prompts("tiny-f32")[0]
+        let cluster = try LocalCluster(folder: folder, specs: ["0-3", "4-7"])
+        let addresses = cluster.addresses
+        let engines = try await offPool {
+            Engines(remote: try clusterEngine(folder, addresses), local: try Engine(folder: folder, threads: 1))
+        }
+        let expected = try await offPool { try greedy(engines.local, prompt, tokens: 4) }
+        #expect(try await offPool { try greedy(engines.remote, prompt, tokens: 4) } == expected)
+        await cluster.servers[1].shutdown(grace: .zero)
+        let checkpoint = try Checkpoint(folder: folder)
+        let pairs = try ExpertSpec("4-7").pairs(layers: checkpoint.config.layers, experts: checkpoint.config.experts)
+        let again = try ExpertWorker(checkpoint: checkpoint, pairs: pairs, threads: 1, name: "restarted",
+                                     logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let restarted = try again.startServer(listen: addresses[1])
+        #expect(try await offPool { try greedy(engines.remote, prompt, tokens: 4) } == expected)
+        await restarted.shutdown(grace: .zero)
         await cluster.stop()
     }
 }

@@ -18,9 +18,9 @@ import Testing
     }
 
     @Test func otherProtocolVersion() {
-        let error = refusal { $0.protocolVersion = 2 }
-        #expect(error == .incompatibleWorker(.protocolVersion(expected: 1, actual: 2)))
-        #expect(error?.description == "incompatible worker: protocol_version: expected 1, got 2")
+        let error = refusal { $0.protocolVersion = 1 }
+        #expect(error == .incompatibleWorker(.protocolVersion(expected: 2, actual: 1)))
+        #expect(error?.description == "incompatible worker: protocol_version: expected 2, got 1")
     }
 
     @Test func otherModelNamesBothFingerprints() throws {
@@ -64,7 +64,7 @@ import Testing
             try validate(request, expecting: Fixture.expectation)
         }
         request.protocolVersion = 0
-        #expect(throws: ProtocolError.incompatibleCoordinator(.protocolVersion(expected: 1, actual: 0))) {
+        #expect(throws: ProtocolError.incompatibleCoordinator(.protocolVersion(expected: 2, actual: 0))) {
             try validate(request, expecting: Fixture.expectation)
         }
     }

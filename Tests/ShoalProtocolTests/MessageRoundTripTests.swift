@@ -17,7 +17,7 @@ import Testing
         request.protocolVersion = ProtocolVersion.current
         request.modelFingerprint = Fixture.fingerprint
         let back = try roundTrip(request)
-        #expect(back.protocolVersion == 1)
+        #expect(back.protocolVersion == 2)
         #expect(back.modelFingerprint == Fixture.fingerprint)
     }
 
@@ -81,6 +81,7 @@ import Testing
             #expect(path.hasPrefix("/" + ExpertServiceMethod.service + "/"))
         }
         #expect(ExpertServiceMethod.compute == "/shoal.v1.ExpertService/Compute")
-        #expect(ProtocolVersion.current == 1)
+        #expect(ExpertServiceMethod.computeStream == "/shoal.v1.ExpertService/ComputeStream")
+        #expect(ProtocolVersion.current == 2)
     }
 }

@@ -85,7 +85,7 @@ public nonisolated struct Shoal_V1_HelloRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// The coordinator's protocol version (current: 1).
+  /// The coordinator's protocol version (current: 2).
   public var protocolVersion: UInt32 = 0
 
   /// Lower-case hex fingerprint of the model the coordinator runs.
