@@ -4,14 +4,18 @@ import Foundation
 /// A client connection to one gRPC server, carrying unary, server-streaming and exchange
 /// calls whose messages are opaque bytes.
 ///
-/// The channel owns a `grpc_channel`, a completion queue and that queue's polling thread. Each
+/// The channel owns a `grpc_channel` and, from its first call that completes on neither an
+/// `RPCCallerQueue` nor an exchange stream, a completion queue and that queue's polling thread.
+/// (The gRPC core lets any thread polling any queue read any socket, so an idle polling thread
+/// would take a caller's answers and then have to wake the caller: measured, four such threads
+/// in a coordinator woke once per worker answer each.) Each
 /// method is registered with the core on first use (`grpc_channel_register_call`), and its name
 /// is kept until the channel is destroyed. `close()` (or `deinit`) cancels calls still running;
 /// they then fail with `RPCStatus` `.cancelled`. Calls after `close()` fail with `.unavailable`.
 public final class RPCChannel: @unchecked Sendable {
     /// The `host:port` this channel connects to.
     public let target: String
-    private let queue: CompletionQueue
+    private var ownQueue: CompletionQueue?  // under `lock`
     private let calls = CallRegistry<ClientCall>()
     // `lock` guards `raw` and `methods` (the core's registered-call handles; the names they were
     // registered with are interned by `GRPCLibrary` and outlive the channel).
@@ -26,7 +30,6 @@ public final class RPCChannel: @unchecked Sendable {
     public init(target: String, security: RPCSecurity = .insecure, maxReceiveBytes: Int = 64 << 20) {
         GRPCLibrary.retain()
         self.target = target
-        queue = CompletionQueue(name: "shoal.rpc.channel")
         let credentials = security.makeChannelCredentials()
         raw = withChannelArguments(maxReceiveBytes: maxReceiveBytes) {
             grpc_channel_create(target, credentials, $0)
@@ -39,13 +42,13 @@ public final class RPCChannel: @unchecked Sendable {
     /// Cancels the calls still running, destroys the channel and joins its completion-queue
     /// thread. Idempotent.
     public func close() {
-        guard let channel = lock.withLock({ () -> OpaquePointer? in
+        guard let (channel, queue) = lock.withLock({ () -> (OpaquePointer, CompletionQueue?)? in
             defer { raw = nil }
-            return raw
+            return raw.map { ($0, ownQueue) }
         }) else { return }
         for call in calls.removeAll() { call.abandon() }
         grpc_channel_destroy(channel)
-        queue.shutdownAndJoin()
+        queue?.shutdownAndJoin()
         GRPCLibrary.release()
     }
 
@@ -128,6 +131,14 @@ public final class RPCChannel: @unchecked Sendable {
         RPCExchange(call: makeCall(method, timeout: nil, queue: queue.raw))
     }
 
+    /// This channel's own completion queue, started on first use. Call under `lock`.
+    private func channelQueue() -> CompletionQueue {
+        if let ownQueue { return ownQueue }
+        let queue = CompletionQueue(name: "shoal.rpc.channel")
+        ownQueue = queue
+        return queue
+    }
+
     /// A new call on `queue` (this channel's completion queue if nil), or nil once the channel
     /// is closed; `timeout` nil for none.
     private func makeCall(_ method: String, timeout: Duration?, queue: OpaquePointer? = nil) -> ClientCall? {
@@ -142,7 +153,7 @@ public final class RPCChannel: @unchecked Sendable {
                 methods[method] = handle
             }
             let call = grpc_channel_create_registered_call(
-                channel, nil, cgrpc_propagate_defaults(), queue ?? self.queue.raw, handle, deadline, nil)!
+                channel, nil, cgrpc_propagate_defaults(), queue ?? channelQueue().raw, handle, deadline, nil)!
             return ClientCall(raw: call, registry: calls)
         }
     }

@@ -65,6 +65,27 @@ struct UnaryTests {
         }
     }
 
+    /// A channel whose calls all complete on caller queues starts no polling thread of its
+    /// own: an idle one would take the caller's answers off the socket and then have to wake it.
+    @Test func callerQueueChannelsStartNoThreads() async throws {
+        try await withTestServer { server, _ in
+            func threads() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? 0 }
+            let queue = RPCCallerQueue()
+            let before = threads()
+            let channels = (0..<8).map { _ in RPCChannel(target: "127.0.0.1:\(server.port)") }
+            let answers = Mutex<[Result<RPCPayload, Error>]>([])
+            for channel in channels {
+                channel.unary(Method.echo, request: patterned(64), timeout: .seconds(5), on: queue) { result in
+                    answers.withLock { $0.append(result) }
+                }
+            }
+            queue.run { answers.withLock { $0.count } == channels.count }
+            #expect(answers.withLock { $0.allSatisfy { (try? $0.get()) != nil } })
+            #expect(threads() - before < 4, "8 channels started \(threads() - before) threads")
+            for channel in channels { channel.close() }
+        }
+    }
+
     @Test func payloadFromBytesAndArray() {
         let bytes: [UInt8] = Array(0..<100)
         let payload = RPCPayload(bytes)
