@@ -131,6 +131,9 @@ public final class RPCChannel: @unchecked Sendable {
         RPCExchange(call: makeCall(method, timeout: nil, queue: queue.raw))
     }
 
+    /// Whether this channel has started its own completion queue and thread (for tests).
+    var hasOwnQueue: Bool { lock.withLock { ownQueue != nil } }
+
     /// This channel's own completion queue, started on first use. Call under `lock`.
     private func channelQueue() -> CompletionQueue {
         if let ownQueue { return ownQueue }

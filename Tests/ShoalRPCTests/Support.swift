@@ -9,6 +9,7 @@ enum Method {
     static let fail = "/shoal.test.Echo/Fail"
     static let crash = "/shoal.test.Echo/Throw"
     static let count = "/shoal.test.Echo/Count"
+    static let exchange = "/shoal.test.Echo/Exchange"
 }
 
 /// A flag a handler sets and a test reads.
