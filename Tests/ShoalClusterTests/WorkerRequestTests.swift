@@ -5,20 +5,37 @@ import ShoalCluster
 import ShoalModel
 import ShoalProtocol
 import ShoalRPC
+import Synchronization
 
 /// What a worker answers a bad peer, over the wire: a clear status naming the problem, and
 /// it keeps serving.
 @Suite struct WorkerRequestTests {
-    @Test func badComputeRequestsGetInvalidArgumentNamingTheField() async throws {
+    /// The same answers as a unary Compute and on a ComputeStream (where a refusal ends the
+    /// stream, so each request here gets a stream of its own).
+    @Test(arguments: [ExpertServiceMethod.compute, ExpertServiceMethod.computeStream])
+    func badComputeRequestsGetInvalidArgumentNamingTheField(method: String) async throws {
         let cluster = try LocalCluster(folder: try Fixtures.path("models/tiny-f32/hf"), specs: ["0-3"])
         let channel = RPCChannel(target: cluster.addresses[0])
+        let queue = RPCCallerQueue()
         func status(_ payload: RPCPayload) async -> RPCStatus? {
-            do {
-                _ = try await channel.unary(ExpertServiceMethod.compute, request: payload, timeout: .seconds(10))
-                return nil
-            } catch {
-                return error as? RPCStatus
+            let result: Result<RPCPayload, Error>
+            if method == ExpertServiceMethod.compute {
+                do {
+                    result = .success(try await channel.unary(method, request: payload, timeout: .seconds(10)))
+                } catch {
+                    result = .failure(error)
+                }
+            } else {
+                // The worker answers on its polling thread, so waiting here starves no one.
+                let stream = channel.openExchange(method, on: queue)
+                let answer = Mutex<Result<RPCPayload, Error>?>(nil)
+                stream.exchange(payload) { r in answer.withLock { $0 = r } }
+                _ = queue.run(until: { answer.withLock { $0 != nil } }, deadline: .now + .seconds(10))
+                stream.cancel(RPCStatus(code: .cancelled, message: "test done"))
+                result = answer.withLock { $0 } ?? .failure(RPCStatus(code: .deadlineExceeded, message: "no answer"))
             }
+            guard case .failure(let error) = result else { return nil }
+            return error as? RPCStatus ?? RPCStatus(code: .unknown, message: "\(error)")
         }
         let garbage = await status(RPCPayload([0xFF, 0xFF, 0xFF]))
         #expect(garbage?.code == .invalidArgument && garbage?.message.contains("ComputeRequest") == true, "\(String(describing: garbage))")
@@ -39,6 +56,7 @@ import ShoalRPC
         request.routeExpert = [2]
         #expect(await status(try encodedPayload(request)) == nil)
         channel.close()
+        withExtendedLifetime(queue) {}
         await cluster.stop()
     }
 
