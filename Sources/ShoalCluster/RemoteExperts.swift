@@ -10,8 +10,8 @@ import ShoalTensor
 /// At start it says hello to every worker and builds the placement table, (layer, expert) →
 /// the workers holding it. Per layer it sends one Compute request to each worker that holds a
 /// chosen expert, all in flight at once, each on that worker's ComputeStream (one stream per
-/// worker, opened on first use and again after it ends), and adds the answers per token in ascending order of each
-/// answer's lowest expert. With Mixtral's two experts per token that is exactly the order one
+/// worker, opened on first use and again after it ends), and adds the answers per token in
+/// ascending order of each answer's lowest expert. With Mixtral's two experts per token that is exactly the order one
 /// process adds them in, so with the f32 wire the result is bit-identical (DESIGN invariant 1).
 ///
 /// A pair held by several workers is a replica: a token goes to a worker already serving
@@ -279,14 +279,15 @@ public final class RemoteExperts: ExpertBackend {
         // A stream can end while idle between calls (its worker restarted or shut down); its
         // end is only seen when it is used next. Such a stream gets the request once more on a
         // new one, so a restarted worker answers as a unary call would have reached it.
-        var again: [RPCPayload?] = Array(repeating: nil, count: workers.count)
+        var again: [RPCPayload?]?  // made only when some stream needs it
         for w in plans.indices where streamAnswered[w] {
             if case .failure(let error as RPCStatus) = answers[w]?.result, error.code == .unavailable {
-                again[w] = requests[w]
+                if again == nil { again = Array(repeating: nil, count: workers.count) }
+                again![w] = requests[w]
                 openStream(w)
             }
         }
-        if again.contains(where: { $0 != nil }) {
+        if let again {
             for (w, answer) in fanout.exchange(streams, again, timeout: options.timeout).enumerated() where again[w] != nil {
                 answers[w] = answer
             }

@@ -130,14 +130,7 @@ final class ClientCall: @unchecked Sendable {
             return
         }
         let stream = StreamEnd(continuation)
-        var receiveStatus = [grpc_op](repeating: grpc_op(), count: 1)
-        setReceiveStatus(&receiveStatus[0])
-        let statusTag = CompletionTag { [self] _ in
-            let status = currentStatus()
-            statusArrived()
-            stream.statusArrived(status)
-        }
-        guard startBatch(receiveStatus, statusTag) else {
+        guard startReceiveStatus({ stream.statusArrived($0) }) else {
             cancel()
             continuation.finish(throwing: RPCStatus(code: .unavailable, message: "channel closed"))
             return
@@ -146,29 +139,22 @@ final class ClientCall: @unchecked Sendable {
     }
 
     private func receiveNext(_ stream: StreamEnd) {
-        var ops = [grpc_op](repeating: grpc_op(), count: 1)
-        ops[0].op = GRPC_OP_RECV_MESSAGE
-        ops[0].data.recv_message.recv_message = received
-        let tag = CompletionTag { [self] success in
-            let message = received.pointee
-            received.pointee = nil
-            batchFinished()
-            if success, let message {
-                stream.continuation.yield(RPCPayload(consuming: message))
+        let started = startReceive(withInitialMetadata: false) { [self] message in
+            if let message {
+                stream.continuation.yield(message)
                 receiveNext(stream)
             } else {
-                if let message { grpc_byte_buffer_destroy(message) }
                 stream.messagesEnded()
             }
         }
-        if !startBatch(ops, tag) { stream.messagesEnded() }
+        if !started { stream.messagesEnded() }
     }
 
-    // MARK: Exchange streams (bidirectional, one message each way at a time)
+    // MARK: Stream batches (server streaming and exchange streams)
 
-    /// Starts the batch that waits for the stream's status; `completion` gets it once the
-    /// stream has ended. False if the call is already gone.
-    func startExchangeStatus(_ completion: @escaping @Sendable (RPCStatus) -> Void) -> Bool {
+    /// Starts the batch that waits for the call's status; `completion` gets it once the call
+    /// has ended. False if the call is already gone.
+    func startReceiveStatus(_ completion: @escaping @Sendable (RPCStatus) -> Void) -> Bool {
         var ops = [grpc_op](repeating: grpc_op(), count: 1)
         setReceiveStatus(&ops[0])
         return startBatch(ops, CompletionTag { [self] _ in
@@ -178,15 +164,15 @@ final class ClientCall: @unchecked Sendable {
         })
     }
 
-    /// Sends one message, preceded by the initial metadata when it is the stream's `first`;
-    /// `completion` says whether the core took it. False if the call is already gone.
-    func startExchangeSend(_ payload: RPCPayload, first: Bool, _ completion: @escaping @Sendable (Bool) -> Void) -> Bool {
+    /// Sends one message, preceded by the initial metadata if asked (an exchange stream's
+    /// first send); `completion` says whether the core took it. False if the call is gone.
+    func startSend(_ payload: RPCPayload, withInitialMetadata: Bool, _ completion: @escaping @Sendable (Bool) -> Void) -> Bool {
         sendBuffer = payload.makeByteBuffer()
         var ops = [grpc_op](repeating: grpc_op(), count: 2)
         ops[0].op = GRPC_OP_SEND_MESSAGE
         ops[0].data.send_message.send_message = sendBuffer
         ops[1].op = GRPC_OP_SEND_INITIAL_METADATA
-        let started = startBatch(first ? ops : [ops[0]], CompletionTag { [self] success in
+        let started = startBatch(withInitialMetadata ? ops : [ops[0]], CompletionTag { [self] success in
             destroySendBuffer()
             batchFinished()
             completion(success)
@@ -195,15 +181,15 @@ final class ClientCall: @unchecked Sendable {
         return started
     }
 
-    /// Receives one message, with the server's initial metadata when it is the stream's
-    /// `first`; `completion` gets nil at the end of the stream. False if the call is gone.
-    func startExchangeReceive(first: Bool, _ completion: @escaping @Sendable (RPCPayload?) -> Void) -> Bool {
+    /// Receives one message, with the server's initial metadata if asked (a stream's first
+    /// receive); `completion` gets nil at the end of the messages. False if the call is gone.
+    func startReceive(withInitialMetadata: Bool, _ completion: @escaping @Sendable (RPCPayload?) -> Void) -> Bool {
         var ops = [grpc_op](repeating: grpc_op(), count: 2)
         ops[0].op = GRPC_OP_RECV_MESSAGE
         ops[0].data.recv_message.recv_message = received
         ops[1].op = GRPC_OP_RECV_INITIAL_METADATA
         ops[1].data.recv_initial_metadata.recv_initial_metadata = initialMetadata
-        return startBatch(first ? ops : [ops[0]], CompletionTag { [self] success in
+        return startBatch(withInitialMetadata ? ops : [ops[0]], CompletionTag { [self] success in
             let message = received.pointee
             received.pointee = nil
             batchFinished()

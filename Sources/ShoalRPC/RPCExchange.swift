@@ -59,11 +59,11 @@ public final class RPCExchange: @unchecked Sendable {
         }
         if let failure { return completion(.failure(failure)) }
         guard let call else { preconditionFailure("a stream without a call has a status") }
-        if first, !call.startExchangeStatus({ [weak self] in self?.ended(with: $0) }) {
+        if first, !call.startReceiveStatus({ [weak self] in self?.ended(with: $0) }) {
             ended(with: RPCStatus(code: .unavailable, message: "channel closed"))
         }
-        if !call.startExchangeSend(request, first: first, { [weak self] _ in self?.sent() }) { sent() }
-        if !call.startExchangeReceive(first: first, { [weak self] in self?.received($0) }) { received(nil) }
+        if !call.startSend(request, withInitialMetadata: first, { [weak self] _ in self?.sent() }) { sent() }
+        if !call.startReceive(withInitialMetadata: first, { [weak self] in self?.received($0) }) { received(nil) }
     }
 
     /// Ends the stream; an exchange in flight fails with `reason` (for example

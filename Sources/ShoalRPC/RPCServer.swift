@@ -22,7 +22,7 @@ public final class RPCServer: Sendable {
     /// exchange at a time and ends when the client half-closes it (OK) or when the handler
     /// throws (that status; the client opens a new stream). A server shutting down ends each
     /// stream with `.unavailable` once its current answer has gone out.
-    public typealias ExchangeHandler = @Sendable (RPCPayload, RPCServerContext) throws -> RPCPayload
+    public typealias ExchangeHandler = InlineHandler
 
     private let core: ServerCore
 
