@@ -102,6 +102,18 @@ struct ExchangeTests {
         withExtendedLifetime(queue) {}
     }
 
+    /// A stream to a method the server does not serve (a worker of an older protocol, say)
+    /// fails its first exchange with UNIMPLEMENTED naming the method.
+    @Test func unknownMethodIsUnimplemented() async throws {
+        try await withExchangeServer { _, channel, queue in
+            let stream = channel.openExchange("/shoal.test.Exchange/Missing", on: queue)
+            let refusal = failure(exchange(stream, patterned(8), on: queue))
+            #expect(refusal?.code == .unimplemented && refusal?.message.contains("Missing") == true,
+                    "\(String(describing: refusal))")
+            #expect(stream.hasEnded)
+        }
+    }
+
     @Test func closedChannelAndVanishedServerAreUnavailable() async throws {
         let queue = RPCCallerQueue()
         let closed = RPCChannel(target: "127.0.0.1:1")
