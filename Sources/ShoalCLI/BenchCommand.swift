@@ -1,9 +1,11 @@
 import ArgumentParser
 import Foundation
+import ShoalCluster
 import ShoalModel
 import ShoalTensor
 
-/// `shoal bench`: prefill and decode speed, and decode's share of the memory bandwidth.
+/// `shoal bench`: prefill and decode speed, and decode's share of the memory bandwidth; with
+/// `--workers N`, the same decode through N loopback expert workers beside the single process.
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
@@ -14,16 +16,23 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Tokens decoded per repeat.") var genTokens = 64
     @Option(help: "Compute threads (default: one per core).") var threads = Engine.defaultThreads
     @Option(help: "Repeats; medians are reported.") var repeats = 3
+    @Option(help: "Expert workers to start on loopback: each repeat then decodes in one process and through them, in alternating order, and the ratio is reported.")
+    var workers: Int?
+    @Option(help: "Compute threads per worker (default: one per core).") var workerThreads = Engine.defaultThreads
+    @Option(name: .customLong("wire-dtype"), help: "Activations on the wire with --workers: f32 (exact) or bf16.")
+    var wireDType: WireDTypeArgument = .bf16
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
-        guard promptTokens >= 1, genTokens >= 1, repeats >= 1, threads >= 1 else {
-            throw ValidationError("--prompt-tokens, --gen-tokens, --repeats and --threads must be at least 1")
+        guard promptTokens >= 1, genTokens >= 1, repeats >= 1, threads >= 1, workerThreads >= 1 else {
+            throw ValidationError("--prompt-tokens, --gen-tokens, --repeats, --threads and --worker-threads must be at least 1")
         }
+        if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
     }
 
     func run() throws {
         try reportingErrors {
+            if let workers { return try runCluster(workers: workers) }
             let engine = try Engine(folder: model, threads: threads)
             let m = engine.model, config = m.config
             let local = m.experts as? LocalExperts
@@ -86,6 +95,103 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "memory read bandwidth: %.2f GB/s; decode reaches %.1f%% of it (median of per-repeat ratios; read measured every %d decode tokens)", bandwidth, 100 * median(fractions), segment))
             }
         }
+    }
+}
+
+extension BenchCommand {
+    /// Single process and cluster, repeat by repeat: which one runs first alternates, so a
+    /// drift in the machine's speed (its neighbours) weighs on both; the ratio is taken per
+    /// repeat and its median reported.
+    private func runCluster(workers: Int) throws {
+        let checkpoint = try Checkpoint(folder: model)
+        let config = checkpoint.config
+        guard workers <= config.experts else {
+            throw UsageError.conflicting("--workers \(workers): the model has only \(config.experts) experts to split")
+        }
+        let fleet = WorkerFleet()
+        let stopOnSignal = fleet.stopOnSignals()
+        defer { fleet.stopAll(); withExtendedLifetime(stopOnSignal) {} }
+        let addresses = try fleet.startSplit(folder: model, experts: config.experts, workers: workers,
+                                             threads: workerThreads, name: "bench-worker")
+        let single = try Engine(folder: model, threads: threads)
+        let cluster = try clusterEngine(folder: model, threads: threads, workers: addresses, wire: wireDType.value)
+        let remote = cluster.model.experts as! RemoteExperts
+
+        var rng = Xoshiro256(seed: 7)
+        let prompt = (0..<promptTokens).map { _ in 3 + Int(rng.next() % UInt64(config.vocabSize - 3)) }
+        /// Prefill and greedy decode tokens/s, and the tokens decoded.
+        func measure(_ m: MixtralModel) throws -> (prefill: Double, decode: Double, ids: [Int]) {
+            let cache = KVCache(config: config, capacity: promptTokens + genTokens)
+            let t0 = now()
+            var logits = try m.forward(prompt, cache: cache)
+            let t1 = now()
+            var ids: [Int] = []
+            for _ in 0..<genTokens {
+                ids.append(Sampler.argmax(logits))
+                logits = try m.forward([ids.last!], cache: cache)
+            }
+            return (Double(promptTokens) / (t1 - t0), Double(genTokens) / (now() - t1), ids)
+        }
+        // Warm-up: each side's mapped weights faulted in, the workers' streams open.
+        for m in [single.model, cluster.model] {
+            _ = try m.forward(Array(prompt.prefix(8)), cache: KVCache(config: config, capacity: 8))
+        }
+        remote.stats.reset()
+
+        var rows: [(single: (prefill: Double, decode: Double, ids: [Int]), cluster: (prefill: Double, decode: Double, ids: [Int]))] = []
+        for r in 0..<repeats {
+            if r % 2 == 0 {
+                let s = try measure(single.model)
+                rows.append((s, try measure(cluster.model)))
+            } else {
+                let c = try measure(cluster.model)
+                rows.append((try measure(single.model), c))
+            }
+        }
+        let ratios = rows.map { $0.cluster.decode / $0.single.decode }
+        let singleDecode = median(rows.map(\.single.decode)), clusterDecode = median(rows.map(\.cluster.decode))
+        let singlePrefill = median(rows.map(\.single.prefill)), clusterPrefill = median(rows.map(\.cluster.prefill))
+        let decodeCalls = remote.stats.summary { $0.tokens == 1 }
+        let same = rows.allSatisfy { $0.single.ids == $0.cluster.ids }
+        let micros = { (d: Duration) in Double(d / .microseconds(1)) }
+
+        if json {
+            let numbers: [(String, Double)] = [
+                ("single_prefill_tokens_per_s", singlePrefill), ("cluster_prefill_tokens_per_s", clusterPrefill),
+                ("single_decode_tokens_per_s", singleDecode), ("cluster_decode_tokens_per_s", clusterDecode),
+                ("decode_ratio", median(ratios)),
+                ("fanout_median_us", micros(decodeCalls.fanOut(percentile: 50))),
+                ("fanout_mean_us", micros(decodeCalls.meanFanOut)),
+                ("fanout_p99_us", micros(decodeCalls.fanOut(percentile: 99))),
+                ("worker_compute_median_us", micros(decodeCalls.medianWorkerCompute)),
+                ("sent_bytes_per_token", decodeCalls.sentPerToken),
+                ("received_bytes_per_token", decodeCalls.receivedPerToken),
+            ]
+            let fields = numbers.map { "\"\($0.0)\":\(String(format: "%.4f", $0.1))" }
+                + ["\"decode_ratios\":[\(ratios.map { String(format: "%.4f", $0) }.joined(separator: ","))]",
+                   "\"workers\":\(workers)", "\"worker_threads\":\(workerThreads)", "\"threads\":\(threads)",
+                   "\"wire_dtype\":\(jsonString(wireDType.rawValue))", "\"same_tokens\":\(same)",
+                   "\"prompt_tokens\":\(promptTokens)", "\"gen_tokens\":\(genTokens)"]
+            print("{" + fields.joined(separator: ",") + "}")
+            return
+        }
+        print("model: \(model) (\(config.layers) layers, dim \(config.dim), \(config.experts) experts)")
+        print("\(workers) workers on loopback, \(workerThreads) threads each, \(wireDType.rawValue) wire; "
+              + "coordinator and single process \(threads) threads; kernels: \(Kernels.isa)")
+        print("repeat  single decode  cluster decode   ratio  (tokens/s, \(genTokens) tokens after a \(promptTokens)-token prompt)")
+        func line(_ label: String, _ a: Double, _ b: Double, _ ratio: Double) {
+            print(label.padding(toLength: 6, withPad: " ", startingAt: 0)
+                  + String(format: "%15.1f %15.1f %7.2f×", a, b, ratio))
+        }
+        for (r, row) in rows.enumerated() {
+            line("\(r + 1)" + (r % 2 == 0 ? "" : "*"), row.single.decode, row.cluster.decode, ratios[r])
+        }
+        line("median", singleDecode, clusterDecode, median(ratios))
+        print("(* the cluster ran first; the median ratio is the median of the per-repeat ratios)")
+        print(String(format: "prefill: single %.1f tokens/s, cluster %.1f tokens/s (medians)", singlePrefill, clusterPrefill))
+        print("decode " + decodeCalls.line)
+        print("same tokens as one process: \(same ? "yes" : "no")"
+              + (same || wireDType == .f32 ? "" : " (the bf16 wire rounds activations; --wire-dtype f32 is exact)"))
     }
 }
 

@@ -59,18 +59,8 @@ struct DemoCommand: ParsableCommand {
             let stopOnSignal = fleet.stopOnSignals()
             defer { fleet.stopAll(); withExtendedLifetime(stopOnSignal) {} }
 
-            // Contiguous ranges, the first ones one larger when the split is uneven.
-            var first = 0
-            for i in 0..<workers {
-                let count = experts / workers + (i < experts % workers ? 1 : 0)
-                let spec = count == 1 ? "\(first)" : "\(first)-\(first + count - 1)"
-                first += count
-                try fleet.start(arguments: [
-                    "worker", "--model", folder, "--experts", spec, "--listen", "127.0.0.1:0",
-                    "--threads", "\(workerThreads)", "--log-level", "warning", "--name", "demo-worker-\(i)",
-                ])
-            }
-            let addresses = try fleet.waitUntilReady(timeout: 300)
+            let addresses = try fleet.startSplit(folder: folder, experts: experts, workers: workers,
+                                                 threads: workerThreads, name: "demo-worker")
             for (i, line) in fleet.readyLines.enumerated() { say("worker \(i): \(line)") }
 
             let parameters = GenerationParameters(maxTokens: maxTokens, ignoreEOS: true)
@@ -167,6 +157,23 @@ final class WorkerFleet: @unchecked Sendable {
             processes.append(process)
             logs.append(base)
         }
+    }
+
+    /// Starts `workers` loopback workers on `folder`, each holding a contiguous range of its
+    /// `experts` experts in every layer (the first ones one larger when the split is uneven),
+    /// and returns their addresses once all are ready.
+    func startSplit(folder: String, experts: Int, workers: Int, threads: Int, name: String) throws -> [String] {
+        var first = 0
+        for i in 0..<workers {
+            let count = experts / workers + (i < experts % workers ? 1 : 0)
+            let spec = count == 1 ? "\(first)" : "\(first)-\(first + count - 1)"
+            first += count
+            try start(arguments: [
+                "worker", "--model", folder, "--experts", spec, "--listen", "127.0.0.1:0",
+                "--threads", "\(threads)", "--log-level", "warning", "--name", "\(name)-\(i)",
+            ])
+        }
+        return try waitUntilReady(timeout: 300)
     }
 
     /// Waits for every worker's ready line and returns their addresses; a worker that exits

@@ -114,6 +114,24 @@ import Testing
         #expect(rows.count == 2, "\(demo.stdout)")
         #expect(demo.stdout.hasSuffix("stopping the server and the workers\n"))
     }
+
+    /// The cluster benchmark: both sides per repeat, the same greedy tokens with the exact wire.
+    @Test(.timeLimit(.minutes(2))) func clusterBenchReportsBothSidesAndTheirRatio() throws {
+        let model = try Fixtures.path("models/tiny-bf16/hf")
+        let bench = try CLITests().shoal([
+            "bench", "--model", model, "--workers", "2", "--wire-dtype", "f32",
+            "--prompt-tokens", "4", "--gen-tokens", "6", "--repeats", "3", "--json",
+        ])
+        #expect(bench.status == 0, "\(bench.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Any] ?? [:]
+        #expect(report["same_tokens"] as? Bool == true, "\(bench.stdout)")
+        let ratios = report["decode_ratios"] as? [Double] ?? []
+        let single = report["single_decode_tokens_per_s"] as? Double ?? 0
+        let cluster = report["cluster_decode_tokens_per_s"] as? Double ?? 0
+        #expect(ratios.count == 3 && ratios.allSatisfy { $0 > 0 } && single > 0 && cluster > 0, "\(bench.stdout)")
+        #expect(report["decode_ratio"] as? Double == ratios.sorted()[1], "\(bench.stdout)")
+        #expect((report["sent_bytes_per_token"] as? Double ?? 0) > 0, "\(bench.stdout)")
+    }
 }
 
 /// Bad serving and benchmark options: one clear line naming the option, exit code non-zero,
@@ -148,5 +166,9 @@ import Testing
         #expect(timeout.status != 0 && timeout.stderr.contains("--rpc-timeout must be positive"), "\(timeout.stderr)")
         let demo = try CLITests().shoal(["demo", "--model", model, "--workers", "9"])
         #expect(demo.status == 1 && demo.stderr.hasPrefix("error: --workers 9: the model has only 8 experts"), "\(demo.stderr)")
+        let bench = try CLITests().shoal(["bench", "--model", model, "--workers", "9"])
+        #expect(bench.status == 1 && bench.stderr.hasPrefix("error: --workers 9: the model has only 8 experts"), "\(bench.stderr)")
+        let none = try CLITests().shoal(["bench", "--model", model, "--workers", "0"])
+        #expect(none.status != 0 && none.stderr.contains("--workers must be at least 1"), "\(none.stderr)")
     }
 }
