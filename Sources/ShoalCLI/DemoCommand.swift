@@ -89,7 +89,8 @@ struct DemoCommand: ParsableCommand {
             row("single process", String(format: "%.1f", single.prefillTokensPerSecond),
                 String(format: "%.1f", single.decodeTokensPerSecond))
             say(String(format: "decode speed, cluster / single: %.2f×",
-                         clustered.decodeTokensPerSecond / max(single.decodeTokensPerSecond, 1e-9)))
+                         clustered.decodeTokensPerSecond / max(single.decodeTokensPerSecond, 1e-9))
+                + " (one pair of runs; `shoal bench --model \(folder) --workers \(workers)` repeats them)")
             say("prefill " + prefillStats.line)
             say("decode  " + decodeStats.line)
             let same = clustered.ids == single.ids
