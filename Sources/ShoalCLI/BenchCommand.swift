@@ -82,7 +82,7 @@ struct BenchCommand: ParsableCommand {
                 ("bandwidth_fraction", median(fractions)), ("weight_bytes_per_token", perToken),
             ]
             if json {
-                let fields = report.map { "\"\($0.0)\":\(String(format: "%.4f", $0.1))" }
+                let fields = jsonFields(report)
                     + ["\"threads\":\(threads)", "\"isa\":\(jsonString(Kernels.isa))",
                        "\"prompt_tokens\":\(promptTokens)", "\"gen_tokens\":\(genTokens)"]
                 print("{" + fields.joined(separator: ",") + "}")
@@ -103,24 +103,21 @@ extension BenchCommand {
     /// drift in the machine's speed (its neighbours) weighs on both; the ratio is taken per
     /// repeat and its median reported.
     private func runCluster(workers: Int) throws {
-        let checkpoint = try Checkpoint(folder: model)
-        let config = checkpoint.config
-        guard workers <= config.experts else {
-            throw UsageError.conflicting("--workers \(workers): the model has only \(config.experts) experts to split")
-        }
+        let single = try Engine(folder: model, threads: threads)
+        let config = single.model.config
         let fleet = WorkerFleet()
         let stopOnSignal = fleet.stopOnSignals()
         defer { fleet.stopAll(); withExtendedLifetime(stopOnSignal) {} }
         let addresses = try fleet.startSplit(folder: model, experts: config.experts, workers: workers,
                                              threads: workerThreads, name: "bench-worker")
-        let single = try Engine(folder: model, threads: threads)
         let cluster = try clusterEngine(folder: model, threads: threads, workers: addresses, wire: wireDType.value)
         let remote = cluster.model.experts as! RemoteExperts
 
         var rng = Xoshiro256(seed: 7)
         let prompt = (0..<promptTokens).map { _ in 3 + Int(rng.next() % UInt64(config.vocabSize - 3)) }
         /// Prefill and greedy decode tokens/s, and the tokens decoded.
-        func measure(_ m: MixtralModel) throws -> (prefill: Double, decode: Double, ids: [Int]) {
+        struct Run { var prefill: Double, decode: Double, ids: [Int] }
+        func measure(_ m: MixtralModel) throws -> Run {
             let cache = KVCache(config: config, capacity: promptTokens + genTokens)
             let t0 = now()
             var logits = try m.forward(prompt, cache: cache)
@@ -130,7 +127,7 @@ extension BenchCommand {
                 ids.append(Sampler.argmax(logits))
                 logits = try m.forward([ids.last!], cache: cache)
             }
-            return (Double(promptTokens) / (t1 - t0), Double(genTokens) / (now() - t1), ids)
+            return Run(prefill: Double(promptTokens) / (t1 - t0), decode: Double(genTokens) / (now() - t1), ids: ids)
         }
         // Warm-up: each side's mapped weights faulted in, the workers' streams open.
         for m in [single.model, cluster.model] {
@@ -138,7 +135,7 @@ extension BenchCommand {
         }
         remote.stats.reset()
 
-        var rows: [(single: (prefill: Double, decode: Double, ids: [Int]), cluster: (prefill: Double, decode: Double, ids: [Int]))] = []
+        var rows: [(single: Run, cluster: Run)] = []
         for r in 0..<repeats {
             if r % 2 == 0 {
                 let s = try measure(single.model)
@@ -167,7 +164,7 @@ extension BenchCommand {
                 ("sent_bytes_per_token", decodeCalls.sentPerToken),
                 ("received_bytes_per_token", decodeCalls.receivedPerToken),
             ]
-            let fields = numbers.map { "\"\($0.0)\":\(String(format: "%.4f", $0.1))" }
+            let fields = jsonFields(numbers)
                 + ["\"decode_ratios\":[\(ratios.map { String(format: "%.4f", $0) }.joined(separator: ","))]",
                    "\"workers\":\(workers)", "\"worker_threads\":\(workerThreads)", "\"threads\":\(threads)",
                    "\"wire_dtype\":\(jsonString(wireDType.rawValue))", "\"same_tokens\":\(same)",
@@ -190,9 +187,13 @@ extension BenchCommand {
         print("(* the cluster ran first; the median ratio is the median of the per-repeat ratios)")
         print(String(format: "prefill: single %.1f tokens/s, cluster %.1f tokens/s (medians)", singlePrefill, clusterPrefill))
         print("decode " + decodeCalls.line)
-        print("same tokens as one process: \(same ? "yes" : "no")"
-              + (same || wireDType == .f32 ? "" : " (the bf16 wire rounds activations; --wire-dtype f32 is exact)"))
+        print(sameTokensLine(same, wire: wireDType))
     }
+}
+
+/// `"name":value` with four decimals, for the one-line JSON reports.
+private func jsonFields(_ numbers: [(String, Double)]) -> [String] {
+    numbers.map { "\"\($0.0)\":\(String(format: "%.4f", $0.1))" }
 }
 
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }

@@ -50,11 +50,7 @@ struct DemoCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let folder = try model ?? cachedMini()
-            let checkpoint = try Checkpoint(folder: folder)
-            let experts = checkpoint.config.experts
-            guard workers <= experts else {
-                throw UsageError.conflicting("--workers \(workers): the model has only \(experts) experts to split")
-            }
+            let experts = try Checkpoint(folder: folder).config.experts
             let fleet = WorkerFleet()
             let stopOnSignal = fleet.stopOnSignals()
             defer { fleet.stopAll(); withExtendedLifetime(stopOnSignal) {} }
@@ -93,9 +89,7 @@ struct DemoCommand: ParsableCommand {
                 + " (one pair of runs; `shoal bench --model \(folder) --workers \(workers)` repeats them)")
             say("prefill " + prefillStats.line)
             say("decode  " + decodeStats.line)
-            let same = clustered.ids == single.ids
-            say("same tokens as one process: \(same ? "yes" : "no")"
-                + (same || wireDType == .f32 ? "" : " (the bf16 wire rounds activations; --wire-dtype f32 is exact)"))
+            say(sameTokensLine(clustered.ids == single.ids, wire: wireDType))
 
             // The same coordinator as a service: each step batches every stream's token, so a
             // layer's experts get one call per worker for all of them.
@@ -128,6 +122,12 @@ struct DemoCommand: ParsableCommand {
         try FileManager.default.moveItem(atPath: partial, toPath: cache)
         return cache
     }
+}
+
+/// Whether the cluster's greedy tokens matched one process's, and why they may not.
+func sameTokensLine(_ same: Bool, wire: WireDTypeArgument) -> String {
+    "same tokens as one process: \(same ? "yes" : "no")"
+        + (same || wire == .f32 ? "" : " (the bf16 wire rounds activations; --wire-dtype f32 is exact)")
 }
 
 /// Writes to stdout unbuffered, in order with the streamed text (which is written the same way).
@@ -163,7 +163,11 @@ final class WorkerFleet: @unchecked Sendable {
     /// Starts `workers` loopback workers on `folder`, each holding a contiguous range of its
     /// `experts` experts in every layer (the first ones one larger when the split is uneven),
     /// and returns their addresses once all are ready.
+    /// - Throws: `UsageError` before starting any when there are more workers than experts.
     func startSplit(folder: String, experts: Int, workers: Int, threads: Int, name: String) throws -> [String] {
+        guard workers <= experts else {
+            throw UsageError.conflicting("--workers \(workers): the model has only \(experts) experts to split")
+        }
         var first = 0
         for i in 0..<workers {
             let count = experts / workers + (i < experts % workers ? 1 : 0)
