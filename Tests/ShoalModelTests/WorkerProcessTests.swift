@@ -148,6 +148,8 @@ import Testing
             (["load", "--url", "https://x:1"], "--url must be http://HOST:PORT"),
             (["demo", "--model", model, "--serve-streams", "0"], "'0' is not a list of positive integers"),
             (["bench-kernels", "--tokens", ""], "'' is not a list of positive integers"),
+            (["bench", "--model", model, "--workers", "2", "--worker-threads", "0"], "--worker-threads must be at least 1"),
+            (["bench", "--model", model, "--workers", "2", "--wire-dtype", "f16"], "--wire-dtype"),
         ]
         for (arguments, message) in cases {
             let run = try CLITests().shoal(arguments)
