@@ -21,6 +21,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Compute threads per worker (default: one per core).") var workerThreads = Engine.defaultThreads
     @Option(name: .customLong("wire-dtype"), help: "Activations on the wire with --workers: f32 (exact) or bf16.")
     var wireDType: WireDTypeArgument = .bf16
+    @Flag(name: .customLong("pin-cpus"), inversion: .prefixedNo, help: "With --workers: pin the single process's, the coordinator's and the workers' threads to CPUs, worker i starting i CPUs along (README: the cluster on one machine).")
+    var pinCPUs = true
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
@@ -103,14 +105,16 @@ extension BenchCommand {
     /// drift in the machine's speed (its neighbours) weighs on both; the ratio is taken per
     /// repeat and its median reported.
     private func runCluster(workers: Int) throws {
-        let single = try Engine(folder: model, threads: threads)
+        let plan = LocalCPUPlan(workers: workers, workerThreads: workerThreads, threads: threads, pin: pinCPUs)
+        let single = try Engine(folder: model, threads: threads, cpus: plan.coordinator)
         let config = single.model.config
         let fleet = WorkerFleet()
         let stopOnSignal = fleet.stopOnSignals()
         defer { fleet.stopAll(); withExtendedLifetime(stopOnSignal) {} }
         let addresses = try fleet.startSplit(folder: model, experts: config.experts, workers: workers,
-                                             threads: workerThreads, name: "bench-worker")
-        let cluster = try clusterEngine(folder: model, threads: threads, workers: addresses, wire: wireDType.value)
+                                             threads: workerThreads, cpus: plan.workers, name: "bench-worker")
+        let cluster = try clusterEngine(folder: model, threads: threads, cpus: plan.coordinator,
+                                        workers: addresses, wire: wireDType.value)
         let remote = cluster.model.experts as! RemoteExperts
 
         var rng = Xoshiro256(seed: 7)
@@ -167,6 +171,7 @@ extension BenchCommand {
             let fields = jsonFields(numbers)
                 + ["\"decode_ratios\":[\(ratios.map { String(format: "%.4f", $0) }.joined(separator: ","))]",
                    "\"workers\":\(workers)", "\"worker_threads\":\(workerThreads)", "\"threads\":\(threads)",
+                   "\"pinned\":\(!plan.coordinator.isEmpty)",
                    "\"wire_dtype\":\(jsonString(wireDType.rawValue))", "\"same_tokens\":\(same)",
                    "\"prompt_tokens\":\(promptTokens)", "\"gen_tokens\":\(genTokens)"]
             print("{" + fields.joined(separator: ",") + "}")
@@ -175,6 +180,9 @@ extension BenchCommand {
         print("model: \(model) (\(config.layers) layers, dim \(config.dim), \(config.experts) experts)")
         print("\(workers) workers on loopback, \(workerThreads) threads each, \(wireDType.rawValue) wire; "
               + "coordinator and single process \(threads) threads; kernels: \(Kernels.isa)")
+        print(plan.coordinator.isEmpty ? "threads not pinned"
+              : "threads pinned: single process and coordinator to CPUs \(plan.coordinator.map(String.init).joined(separator: ",")), "
+                + plan.workers.enumerated().map { "worker \($0) to \($1.map(String.init).joined(separator: ","))" }.joined(separator: ", "))
         print("repeat  single decode  cluster decode   ratio  (tokens/s, \(genTokens) tokens after a \(promptTokens)-token prompt)")
         func line(_ label: String, _ a: Double, _ b: Double, _ ratio: Double) {
             print(label.padding(toLength: 6, withPad: " ", startingAt: 0)

@@ -3,6 +3,7 @@ import Foundation
 import ShoalCluster
 import ShoalModel
 import ShoalProtocol
+import ShoalTensor
 
 /// The options that put a command's experts on worker daemons: `--workers`, `--wire-dtype`,
 /// `--rpc-timeout`. Without `--workers` every expert is computed in this process.
@@ -13,9 +14,12 @@ struct ClusterOptions: ParsableArguments {
     var wireDType: WireDTypeArgument = .bf16
     @Option(help: "Deadline of one layer's call to a worker, in seconds.")
     var rpcTimeout: Double = 30
+    @Option(help: "CPUs to pin this process's compute threads to, e.g. 0,1 (the forward pass on the first, helpers on the next ones); for a coordinator sharing its machine with workers. Default: not pinned.")
+    var cpus: String?
 
     func validate() throws {
         guard rpcTimeout > 0 else { throw ValidationError("--rpc-timeout must be positive") }
+        _ = try parseCPUs(cpus)
     }
 
     /// The worker addresses, or nil when experts are local.
@@ -31,8 +35,9 @@ struct ClusterOptions: ParsableArguments {
     /// Loads `folder` for generation, with remote experts when `--workers` is given.
     /// `startWithMissingPairs`: a service starts before its workers are all up.
     func engine(folder: String, threads: Int, startWithMissingPairs: Bool = false) throws -> Engine {
-        guard let addresses = try addresses() else { return try Engine(folder: folder, threads: threads) }
-        return try clusterEngine(folder: folder, threads: threads, workers: addresses, wire: wireDType.value,
+        let cpus = try parseCPUs(cpus)
+        guard let addresses = try addresses() else { return try Engine(folder: folder, threads: threads, cpus: cpus) }
+        return try clusterEngine(folder: folder, threads: threads, cpus: cpus, workers: addresses, wire: wireDType.value,
                                  timeoutSeconds: rpcTimeout, startWithMissingPairs: startWithMissingPairs)
     }
 
@@ -44,18 +49,45 @@ struct ClusterOptions: ParsableArguments {
 }
 
 /// A coordinator over `folder` whose experts are on `workers`; warnings go to stderr.
-func clusterEngine(folder: String, threads: Int, workers: [String], wire: WireDType,
+func clusterEngine(folder: String, threads: Int, cpus: [Int] = [], workers: [String], wire: WireDType,
                    timeoutSeconds: Double = 30, startWithMissingPairs: Bool = false) throws -> Engine {
     var options = RemoteExperts.Options()
     options.startWithMissingPairs = startWithMissingPairs
     options.wireDType = wire
     options.timeout = .milliseconds(Int64(timeoutSeconds * 1000))
     options.helloTimeout = min(options.timeout, .seconds(10))
-    return try Engine(folder: folder, threads: threads) { checkpoint, pool in
+    return try Engine(folder: folder, threads: threads, cpus: cpus) { checkpoint, pool in
         try RemoteExperts(checkpoint: checkpoint, workers: workers, options: options, pool: pool) {
             printErr("warning: \($0)")
         }
     }
+}
+
+/// A `--cpus` list (`0,2-3`), each CPU one this process may run on; empty when not given.
+func parseCPUs(_ text: String?) throws -> [Int] {
+    guard let text else { return [] }
+    guard let cpus = CPUAffinity.parse(text), !cpus.isEmpty else {
+        throw ValidationError("--cpus \(text): expected CPU numbers and ranges, like 0,2-3")
+    }
+    guard let allowed = CPUAffinity.allowedCPUs else {
+        throw ValidationError("--cpus: this system cannot pin threads to CPUs")
+    }
+    if let cpu = cpus.first(where: { !allowed.contains($0) }) {
+        throw ValidationError("--cpus \(text): CPU \(cpu) is not one this process may run on (\(formatCPUs(allowed)))")
+    }
+    return cpus
+}
+
+/// `[0, 1, 2, 5]` → `"0-2,5"`.
+func formatCPUs(_ cpus: [Int]) -> String {
+    var items: [String] = [], i = 0
+    while i < cpus.count {
+        var j = i
+        while j + 1 < cpus.count && cpus[j + 1] == cpus[j] + 1 { j += 1 }
+        items.append(i == j ? "\(cpus[i])" : "\(cpus[i])-\(cpus[j])")
+        i = j + 1
+    }
+    return items.joined(separator: ",")
 }
 
 /// `--wire-dtype` values.

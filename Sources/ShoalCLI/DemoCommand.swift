@@ -33,6 +33,8 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Tokens to generate (greedy; end-of-sequence ignored).") var maxTokens = 48
     @Option(name: .customLong("wire-dtype"), help: "Activations on the wire: f32 (exact) or bf16.") var wireDType: WireDTypeArgument = .bf16
     @Option(help: "Concurrent streams served, per round (comma-separated).") var serveStreams = "1,8"
+    @Flag(name: .customLong("pin-cpus"), inversion: .prefixedNo, help: "Pin the coordinator's and the workers' threads to CPUs, worker i starting i CPUs along (README: the cluster on one machine).")
+    var pinCPUs = true
 
     static var defaultCache: String {
         let env = ProcessInfo.processInfo.environment
@@ -55,13 +57,15 @@ struct DemoCommand: ParsableCommand {
             let stopOnSignal = fleet.stopOnSignals()
             defer { fleet.stopAll(); withExtendedLifetime(stopOnSignal) {} }
 
+            let plan = LocalCPUPlan(workers: workers, workerThreads: workerThreads, threads: threads, pin: pinCPUs)
             let addresses = try fleet.startSplit(folder: folder, experts: experts, workers: workers,
-                                                 threads: workerThreads, name: "demo-worker")
+                                                 threads: workerThreads, cpus: plan.workers, name: "demo-worker")
             for (i, line) in fleet.readyLines.enumerated() { say("worker \(i): \(line)") }
 
             let parameters = GenerationParameters(maxTokens: maxTokens, ignoreEOS: true)
             say("\n== \(workers) workers on loopback, \(wireDType.rawValue) wire: \(prompt)", terminator: "")
-            let remoteEngine = try clusterEngine(folder: folder, threads: threads, workers: addresses, wire: wireDType.value)
+            let remoteEngine = try clusterEngine(folder: folder, threads: threads, cpus: plan.coordinator,
+                                                 workers: addresses, wire: wireDType.value)
             let remote = remoteEngine.model.experts as! RemoteExperts
             let ids = remoteEngine.tokenizer.encode(prompt, bos: true)
             let clustered = try remoteEngine.generator.generate(prompt: ids, parameters: parameters) { piece in
@@ -71,7 +75,7 @@ struct DemoCommand: ParsableCommand {
             let prefillStats = remote.stats.summary { $0.tokens > 1 }
 
             say("\n\n== one process, all experts local")
-            let local = try Engine(folder: folder, threads: threads)
+            let local = try Engine(folder: folder, threads: threads, cpus: plan.coordinator)
             let single = try local.generator.generate(prompt: ids, parameters: parameters)
 
             func row(_ name: String, _ a: String, _ b: String) {
@@ -137,6 +141,27 @@ func say(_ s: String, terminator: String = "\n") {
 
 /// Worker processes started by this process, and only those: each is stopped (SIGTERM, then
 /// SIGKILL after 5 s) when the fleet stops, on Ctrl-C and on SIGTERM.
+/// Where a coordinator and its loopback workers run when they share this machine: each takes
+/// as many consecutive CPUs (wrapping) of those this process may use as it has threads,
+/// worker `i` starting `i` CPUs further along than the coordinator. The two workers called in
+/// one layer then usually start their requests on different cores, and a pinned thread yields
+/// between chunks of work to the request thread it shares a core with (`ComputePool`).
+/// Measured in the README ("The cluster on one machine"); all lists empty when the system
+/// cannot pin.
+struct LocalCPUPlan {
+    var coordinator: [Int] = []
+    var workers: [[Int]]
+
+    /// - Parameter cpus: the CPUs to share out (default: those this process may use).
+    init(workers: Int, workerThreads: Int, threads: Int, pin: Bool, cpus: [Int]? = CPUAffinity.allowedCPUs) {
+        self.workers = Array(repeating: [], count: workers)
+        guard pin, let cpus, !cpus.isEmpty else { return }
+        func take(_ count: Int, from start: Int) -> [Int] { (0..<count).map { cpus[(start + $0) % cpus.count] } }
+        coordinator = take(threads, from: 0)
+        self.workers = (0..<workers).map { take(workerThreads, from: $0) }
+    }
+}
+
 final class WorkerFleet: @unchecked Sendable {
     private let lock = NSLock()
     private var processes: [Process] = []
@@ -164,7 +189,9 @@ final class WorkerFleet: @unchecked Sendable {
     /// `experts` experts in every layer (the first ones one larger when the split is uneven),
     /// and returns their addresses once all are ready.
     /// - Throws: `UsageError` before starting any when there are more workers than experts.
-    func startSplit(folder: String, experts: Int, workers: Int, threads: Int, name: String) throws -> [String] {
+    /// - Parameter cpus: per worker, the CPUs to pin it to (`shoal worker --cpus`); empty: none.
+    func startSplit(folder: String, experts: Int, workers: Int, threads: Int, cpus: [[Int]] = [],
+                    name: String) throws -> [String] {
         guard workers <= experts else {
             throw UsageError.conflicting("--workers \(workers): the model has only \(experts) experts to split")
         }
@@ -173,10 +200,12 @@ final class WorkerFleet: @unchecked Sendable {
             let count = experts / workers + (i < experts % workers ? 1 : 0)
             let spec = count == 1 ? "\(first)" : "\(first)-\(first + count - 1)"
             first += count
+            let pin = i < cpus.count && !cpus[i].isEmpty
+                ? ["--cpus", cpus[i].map(String.init).joined(separator: ",")] : []
             try start(arguments: [
                 "worker", "--model", folder, "--experts", spec, "--listen", "127.0.0.1:0",
                 "--threads", "\(threads)", "--log-level", "warning", "--name", "\(name)-\(i)",
-            ])
+            ] + pin)
         }
         return try waitUntilReady(timeout: 300)
     }

@@ -28,11 +28,14 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
     @Option(help: "Seconds running calls get to finish at shutdown.") var grace: Double = 5
+    @Option(help: "CPUs to pin the compute threads to, e.g. 1,0 (the thread serving calls on the first, helpers on the next ones); for workers sharing a machine. Default: not pinned.")
+    var cpus: String?
 
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
         guard grace >= 0 else { throw ValidationError("--grace must not be negative") }
+        _ = try parseCPUs(cpus)
     }
 
     func run() throws {
@@ -43,7 +46,7 @@ struct WorkerCommand: ParsableCommand {
             let config = checkpoint.config
             let pairs = try ExpertSpec(experts).pairs(layers: config.layers, experts: config.experts)
             let worker = try ExpertWorker(
-                checkpoint: checkpoint, pairs: pairs, threads: threads, maxTokens: maxTokens,
+                checkpoint: checkpoint, pairs: pairs, threads: threads, maxTokens: maxTokens, cpus: try parseCPUs(cpus),
                 name: name ?? "shoal-worker@\(ProcessInfo.processInfo.hostName)", logger: logger)
             // Signals are taken before the server starts, so none is lost between the two.
             let stop = StopSignal()
@@ -54,7 +57,9 @@ struct WorkerCommand: ParsableCommand {
             FileHandle.standardOutput.write(Data((
                 "shoal worker ready: listening on \(address), experts \(experts) of \(checkpoint.folder) "
                     + "(\(pairs.count) pairs, \(formatBytes(worker.weightBytes)) of weights), "
-                    + "fingerprint \(worker.fingerprint)\n").utf8))
+                    + "fingerprint \(worker.fingerprint)"
+                    + (worker.cpus.isEmpty ? "" : ", threads pinned to CPUs \(worker.cpus.map(String.init).joined(separator: ","))")
+                    + "\n").utf8))
             logger.info("serving", metadata: ["address": "\(address)", "pairs": "\(pairs.count)"])
             stop.wait()
             logger.info("stopping", metadata: ["grace_seconds": "\(grace)"])

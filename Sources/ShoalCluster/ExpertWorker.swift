@@ -16,6 +16,8 @@ import Synchronization
 public final class ExpertWorker: Sendable {
     public let pairs: [ExpertKey]
     public let weightBytes: Int
+    /// The CPUs its compute threads are pinned to (empty: none).
+    public let cpus: [Int]
     /// The fingerprint of the model's config and of the experts served (sent in Hello).
     public let fingerprint: String
     /// The fingerprint of the config alone, which a coordinator's Hello must carry.
@@ -38,11 +40,15 @@ public final class ExpertWorker: Sendable {
     }
 
     /// Maps the experts in `pairs` of `checkpoint` (nothing else of it) for `threads` threads.
-    /// - Parameter maxTokens: the most tokens one Compute may carry (bounds scratch memory).
+    /// - Parameters:
+    ///   - maxTokens: the most tokens one Compute may carry (bounds scratch memory).
+    ///   - cpus: empty, or the CPUs to pin to: the thread serving Compute calls on the first,
+    ///     the compute helpers on the next ones (`ComputePool.init`).
     public init(checkpoint: Checkpoint, pairs: [ExpertKey], threads: Int, maxTokens: Int = 4096,
-                name: String, logger: Logger) throws {
+                cpus: [Int] = [], name: String, logger: Logger) throws {
         let store = try ExpertStore.load(checkpoint, pairs: Set(pairs))
         self.pairs = pairs
+        self.cpus = cpus
         weightBytes = store.byteCount
         fingerprint = try ModelFingerprint.of(checkpoint, pairs: pairs)
         configFingerprint = try ModelFingerprint.of(checkpoint, pairs: [])
@@ -55,7 +61,7 @@ public final class ExpertWorker: Sendable {
         weightDType = store.experts.values.first.map { $0.w1.dtype == .bf16 ? .bf16 : .f32 } ?? .unspecified
         self.name = name
         self.logger = logger
-        let pool = ComputePool(threads: threads)
+        let pool = ComputePool(threads: threads, cpus: cpus)
         engine = Mutex(ComputeState(experts: LocalExperts(store: store, pool: pool), pool: pool))
     }
 

@@ -11,12 +11,12 @@ public final class Engine {
 
     /// Loads `folder` (either layout) on `threads` threads, with every expert local unless
     /// `experts` makes another backend (the cluster's remote experts); then no expert tensor
-    /// of the folder is mapped here.
-    public init(folder: String, threads: Int = Engine.defaultThreads,
+    /// of the folder is mapped here. `cpus` pins the threads (`ComputePool.init`).
+    public init(folder: String, threads: Int = Engine.defaultThreads, cpus: [Int] = [],
                 experts makeExperts: ((Checkpoint, ComputePool) throws -> ExpertBackend)? = nil) throws {
         checkpoint = try Checkpoint(folder: folder)
         tokenizer = try SentencePieceTokenizer(contentsOf: try checkpoint.requireTokenizerPath())
-        pool = ComputePool(threads: threads)
+        pool = ComputePool(threads: threads, cpus: cpus)
         let experts = try makeExperts?(checkpoint, pool)
             ?? LocalExperts(store: try ExpertStore.load(checkpoint), pool: pool)
         model = MixtralModel(weights: try CoordinatorWeights(checkpoint: checkpoint), experts: experts, pool: pool)

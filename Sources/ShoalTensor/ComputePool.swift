@@ -31,18 +31,32 @@ public final class ComputePool: @unchecked Sendable {
     /// of a matrix product.
     public static let chunksPerThread = 4
 
+    /// The CPUs its threads are pinned to (empty: none): see `init`.
+    public let cpus: [Int]
+    /// The thread last pinned to `cpus[0]`, as a number.
+    private let pinnedCaller = Atomic<UInt>(0)
+
     /// Starts `threads - 1` worker threads (`threads` >= 1; 1 means everything runs inline).
-    public init(threads: Int) {
+    ///
+    /// - Parameter cpus: empty, or where the threads run: the thread calling `parallelFor` on
+    ///   `cpus[0]` (pinned at its first call), worker `i` on `cpus[i % cpus.count]`. Pinned
+    ///   threads cannot be moved off a busy core, so between chunks they yield to any thread
+    ///   waiting for theirs (a neighbouring process's request thread).
+    public init(threads: Int, cpus: [Int] = []) {
         precondition(threads >= 1, "a pool needs at least the calling thread")
-        let state = PoolState(threads: threads)
+        let state = PoolState(threads: threads, yieldsBetweenChunks: !cpus.isEmpty)
         self.state = state
-        workers = (1..<threads).map { _ in spawnWorker(state) }
+        self.cpus = cpus
+        workers = (1..<threads).map { i in
+            spawnWorker(state, cpu: cpus.isEmpty ? nil : cpus[i % cpus.count])
+        }
     }
 
     /// Runs `body(i)` for every `i` in `0..<count`, split into up to `chunksPerThread` contiguous
     /// chunks per thread that the threads claim as they come free (so a thread slowed by a
     /// neighbour does less), and returns when all have finished. Not reentrant: `body` must not call `parallelFor`.
     public func parallelFor(_ count: Int, _ body: (Int) -> Void) {
+        if !cpus.isEmpty { pinCaller() }
         if count <= 0 { return }
         if state.threads == 1 || count == 1 {
             for i in 0..<count { body(i) }
@@ -68,6 +82,18 @@ public final class ComputePool: @unchecked Sendable {
         state.parked.store(true, ordering: .relaxed)
     }
 
+    /// Pins the calling thread to `cpus[0]` unless it was the last one pinned.
+    private func pinCaller() {
+        #if canImport(Darwin)
+        let me = UInt(bitPattern: pthread_self())
+        #else
+        let me = UInt(pthread_self())
+        #endif
+        if pinnedCaller.load(ordering: .relaxed) == me { return }
+        CPUAffinity.pinCurrentThread(to: cpus[0])
+        pinnedCaller.store(me, ordering: .relaxed)
+    }
+
     deinit {
         state.stop()
         for thread in workers { pthread_join(thread, nil) }
@@ -79,6 +105,8 @@ public final class ComputePool: @unchecked Sendable {
 private final class PoolState: @unchecked Sendable {
     /// Threads, and chunks per job.
     let threads: Int
+    /// Whether a thread yields its core after each chunk (pinned pools).
+    let yieldsBetweenChunks: Bool
     /// Bumped once per job (and once to stop): idle workers wait for it to move.
     let generation = Atomic<Int>(0)
     /// The current job's chunk count (high 32 bits) and next unclaimed chunk (low 32 bits):
@@ -105,8 +133,9 @@ private final class PoolState: @unchecked Sendable {
     /// matrix products, short enough not to burn a core between requests.
     static let spin = Duration.microseconds(200)
 
-    init(threads: Int) {
+    init(threads: Int, yieldsBetweenChunks: Bool) {
         self.threads = threads
+        self.yieldsBetweenChunks = yieldsBetweenChunks
         mutex = .allocate(capacity: 1)
         wake = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
@@ -163,6 +192,7 @@ private final class PoolState: @unchecked Sendable {
             if chunk >= chunks { return }
             runChunk(chunk, of: chunks)
             done.add(1, ordering: .releasing)
+            if yieldsBetweenChunks { sched_yield() }
         }
     }
 
@@ -214,13 +244,25 @@ private final class PoolState: @unchecked Sendable {
     }
 }
 
-private func spawnWorker(_ state: PoolState) -> pthread_t {
-    // The worker's retain of the state, released when its loop ends.
-    let context = Unmanaged.passRetained(state).toOpaque()
+/// What a worker thread starts with: the pool's state and the CPU to pin itself to.
+private final class WorkerStart {
+    let state: PoolState
+    let cpu: Int?
+    init(state: PoolState, cpu: Int?) { self.state = state; self.cpu = cpu }
+
+    func run() {
+        if let cpu { CPUAffinity.pinCurrentThread(to: cpu) }
+        state.workerLoop()
+    }
+}
+
+private func spawnWorker(_ state: PoolState, cpu: Int?) -> pthread_t {
+    // The worker's retain of its start, released when its loop ends.
+    let context = Unmanaged.passRetained(WorkerStart(state: state, cpu: cpu)).toOpaque()
     #if canImport(Darwin)
     var thread: pthread_t?
     let rc = pthread_create(&thread, nil, { context in
-        Unmanaged<PoolState>.fromOpaque(context).takeRetainedValue().workerLoop()
+        Unmanaged<WorkerStart>.fromOpaque(context).takeRetainedValue().run()
         return nil
     }, context)
     precondition(rc == 0 && thread != nil, "pthread_create failed: \(rc)")
@@ -228,7 +270,7 @@ private func spawnWorker(_ state: PoolState) -> pthread_t {
     #else
     var thread = pthread_t()
     let rc = pthread_create(&thread, nil, { context in
-        Unmanaged<PoolState>.fromOpaque(context!).takeRetainedValue().workerLoop()
+        Unmanaged<WorkerStart>.fromOpaque(context!).takeRetainedValue().run()
         return nil
     }, context)
     precondition(rc == 0, "pthread_create failed: \(rc)")

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import ShoalCLI
 
 /// `shoal worker` and `shoal generate --workers` as separate processes on loopback: the ready
 /// line, exact output with the f32 wire, a worker killed mid-generation, clean stops.
@@ -131,6 +132,14 @@ import Testing
         #expect(ratios.count == 3 && ratios.allSatisfy { $0 > 0 } && single > 0 && cluster > 0, "\(bench.stdout)")
         #expect(report["decode_ratio"] as? Double == ratios.sorted()[1], "\(bench.stdout)")
         #expect((report["sent_bytes_per_token"] as? Double ?? 0) > 0, "\(bench.stdout)")
+        #expect(report["pinned"] as? Bool == true, "\(bench.stdout)")
+
+        let unpinned = try CLITests().shoal([
+            "bench", "--model", model, "--workers", "2", "--prompt-tokens", "4", "--gen-tokens", "2",
+            "--repeats", "1", "--no-pin-cpus", "--json",
+        ])
+        let other = try JSONSerialization.jsonObject(with: Data(unpinned.stdout.utf8)) as? [String: Any] ?? [:]
+        #expect(unpinned.status == 0 && other["pinned"] as? Bool == false, "\(unpinned.stdout) \(unpinned.stderr)")
     }
 }
 
@@ -172,5 +181,24 @@ import Testing
         #expect(bench.status == 1 && bench.stderr.hasPrefix("error: --workers 9: the model has only 8 experts"), "\(bench.stderr)")
         let none = try CLITests().shoal(["bench", "--model", model, "--workers", "0"])
         #expect(none.status != 0 && none.stderr.contains("--workers must be at least 1"), "\(none.stderr)")
+    }
+
+    @Test func badCPUListsAreRefused() throws {
+        let model = try Fixtures.path("models/tiny-f32/hf")
+        let malformed = try CLITests().shoal(["worker", "--model", model, "--experts", "0-7", "--listen", "127.0.0.1:0", "--cpus", "1-x"])
+        #expect(malformed.status != 0 && malformed.stderr.contains("--cpus 1-x: expected CPU numbers and ranges"), "\(malformed.stderr)")
+        let missing = try CLITests().shoal(["generate", "--model", model, "--ids", "1", "--cpus", "0,1000"])
+        #expect(missing.status != 0 && missing.stderr.contains("--cpus 0,1000: CPU 1000 is not one this process may run on"),
+                "\(missing.stderr)")
+    }
+
+    /// Coordinator on the first CPUs, worker i starting i CPUs along, wrapping.
+    @Test func localPlansShiftEachWorkerOneCPUAlong() {
+        let two = LocalCPUPlan(workers: 4, workerThreads: 2, threads: 2, pin: true, cpus: [0, 1])
+        #expect(two.coordinator == [0, 1] && two.workers == [[0, 1], [1, 0], [0, 1], [1, 0]])
+        let three = LocalCPUPlan(workers: 2, workerThreads: 2, threads: 3, pin: true, cpus: [0, 2, 5])
+        #expect(three.coordinator == [0, 2, 5] && three.workers == [[0, 2], [2, 5]])
+        let off = LocalCPUPlan(workers: 2, workerThreads: 2, threads: 2, pin: false, cpus: [0, 1])
+        #expect(off.coordinator.isEmpty && off.workers == [[], []])
     }
 }
