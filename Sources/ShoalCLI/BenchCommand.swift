@@ -181,8 +181,8 @@ extension BenchCommand {
         print("\(workers) workers on loopback, \(workerThreads) threads each, \(wireDType.rawValue) wire; "
               + "coordinator and single process \(threads) threads; kernels: \(Kernels.isa)")
         print(plan.coordinator.isEmpty ? "threads not pinned"
-              : "threads pinned: single process and coordinator to CPUs \(plan.coordinator.map(String.init).joined(separator: ",")), "
-                + plan.workers.enumerated().map { "worker \($0) to \($1.map(String.init).joined(separator: ","))" }.joined(separator: ", "))
+              : "threads pinned: single process and coordinator to CPUs \(cpusArgument(plan.coordinator)), "
+                + plan.workers.enumerated().map { "worker \($0) to \(cpusArgument($1))" }.joined(separator: ", "))
         print("repeat  single decode  cluster decode   ratio  (tokens/s, \(genTokens) tokens after a \(promptTokens)-token prompt)")
         func line(_ label: String, _ a: Double, _ b: Double, _ ratio: Double) {
             print(label.padding(toLength: 6, withPad: " ", startingAt: 0)

@@ -78,6 +78,9 @@ func parseCPUs(_ text: String?) throws -> [Int] {
     return cpus
 }
 
+/// `[1, 0]` → `"1,0"`: a list as `--cpus` takes it, in its order.
+func cpusArgument(_ cpus: [Int]) -> String { cpus.map(String.init).joined(separator: ",") }
+
 /// `[0, 1, 2, 5]` → `"0-2,5"`.
 func formatCPUs(_ cpus: [Int]) -> String {
     var items: [String] = [], i = 0

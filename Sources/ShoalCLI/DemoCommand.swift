@@ -139,8 +139,6 @@ func say(_ s: String, terminator: String = "\n") {
     FileHandle.standardOutput.write(Data((s + terminator).utf8))
 }
 
-/// Worker processes started by this process, and only those: each is stopped (SIGTERM, then
-/// SIGKILL after 5 s) when the fleet stops, on Ctrl-C and on SIGTERM.
 /// Where a coordinator and its loopback workers run when they share this machine: each takes
 /// as many consecutive CPUs (wrapping) of those this process may use as it has threads,
 /// worker `i` starting `i` CPUs further along than the coordinator. The two workers called in
@@ -162,6 +160,8 @@ struct LocalCPUPlan {
     }
 }
 
+/// Worker processes started by this process, and only those: each is stopped (SIGTERM, then
+/// SIGKILL after 5 s) when the fleet stops, on Ctrl-C and on SIGTERM.
 final class WorkerFleet: @unchecked Sendable {
     private let lock = NSLock()
     private var processes: [Process] = []
@@ -200,8 +200,7 @@ final class WorkerFleet: @unchecked Sendable {
             let count = experts / workers + (i < experts % workers ? 1 : 0)
             let spec = count == 1 ? "\(first)" : "\(first)-\(first + count - 1)"
             first += count
-            let pin = i < cpus.count && !cpus[i].isEmpty
-                ? ["--cpus", cpus[i].map(String.init).joined(separator: ",")] : []
+            let pin = i < cpus.count && !cpus[i].isEmpty ? ["--cpus", cpusArgument(cpus[i])] : []
             try start(arguments: [
                 "worker", "--model", folder, "--experts", spec, "--listen", "127.0.0.1:0",
                 "--threads", "\(threads)", "--log-level", "warning", "--name", "\(name)-\(i)",

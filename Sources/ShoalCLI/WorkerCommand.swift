@@ -45,8 +45,9 @@ struct WorkerCommand: ParsableCommand {
             let checkpoint = try Checkpoint(folder: model)
             let config = checkpoint.config
             let pairs = try ExpertSpec(experts).pairs(layers: config.layers, experts: config.experts)
+            let cpus = try parseCPUs(self.cpus)
             let worker = try ExpertWorker(
-                checkpoint: checkpoint, pairs: pairs, threads: threads, maxTokens: maxTokens, cpus: try parseCPUs(cpus),
+                checkpoint: checkpoint, pairs: pairs, threads: threads, maxTokens: maxTokens, cpus: cpus,
                 name: name ?? "shoal-worker@\(ProcessInfo.processInfo.hostName)", logger: logger)
             // Signals are taken before the server starts, so none is lost between the two.
             let stop = StopSignal()
@@ -58,7 +59,7 @@ struct WorkerCommand: ParsableCommand {
                 "shoal worker ready: listening on \(address), experts \(experts) of \(checkpoint.folder) "
                     + "(\(pairs.count) pairs, \(formatBytes(worker.weightBytes)) of weights), "
                     + "fingerprint \(worker.fingerprint)"
-                    + (worker.cpus.isEmpty ? "" : ", threads pinned to CPUs \(worker.cpus.map(String.init).joined(separator: ","))")
+                    + (cpus.isEmpty ? "" : ", threads pinned to CPUs \(cpusArgument(cpus))")
                     + "\n").utf8))
             logger.info("serving", metadata: ["address": "\(address)", "pairs": "\(pairs.count)"])
             stop.wait()

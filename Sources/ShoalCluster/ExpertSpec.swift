@@ -1,5 +1,6 @@
 import Foundation
 import ShoalModel
+import ShoalTensor
 
 /// Which (layer, expert) pairs a worker serves, as written on its command line:
 /// comma-separated `EXPERTS[@LAYERS]` items, each side a number or an inclusive range `a-b`.
@@ -24,12 +25,12 @@ public struct ExpertSpec: Sendable, Equatable, CustomStringConvertible {
         for raw in text.split(separator: ",", omittingEmptySubsequences: false) {
             let item = raw.trimmingCharacters(in: .whitespaces)
             let sides = item.split(separator: "@", omittingEmptySubsequences: false)
-            guard sides.count <= 2, let experts = Self.range(sides[0]) else {
+            guard sides.count <= 2, let experts = ClosedRange(listItem: sides[0]) else {
                 throw .badExpertSpec(text, item: item)
             }
             var layers: ClosedRange<Int>?
             if sides.count == 2 {
-                guard let l = Self.range(sides[1]) else { throw .badExpertSpec(text, item: item) }
+                guard let l = ClosedRange(listItem: sides[1]) else { throw .badExpertSpec(text, item: item) }
                 layers = l
             }
             items.append(Item(experts: experts, layers: layers))
@@ -50,13 +51,5 @@ public struct ExpertSpec: Sendable, Equatable, CustomStringConvertible {
             for l in ls { for e in item.experts { keys.insert(ExpertKey(layer: l, expert: e)) } }
         }
         return keys.sorted()
-    }
-
-    /// `a` or `a-b` with a <= b, non-negative.
-    private static func range(_ s: Substring) -> ClosedRange<Int>? {
-        let ends = s.split(separator: "-", omittingEmptySubsequences: false)
-        guard ends.count == 1 || ends.count == 2,
-              let lo = Int(ends[0]), let hi = Int(ends.last!), lo >= 0, lo <= hi else { return nil }
-        return lo...hi
     }
 }

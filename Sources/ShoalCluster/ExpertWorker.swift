@@ -16,8 +16,6 @@ import Synchronization
 public final class ExpertWorker: Sendable {
     public let pairs: [ExpertKey]
     public let weightBytes: Int
-    /// The CPUs its compute threads are pinned to (empty: none).
-    public let cpus: [Int]
     /// The fingerprint of the model's config and of the experts served (sent in Hello).
     public let fingerprint: String
     /// The fingerprint of the config alone, which a coordinator's Hello must carry.
@@ -48,7 +46,6 @@ public final class ExpertWorker: Sendable {
                 cpus: [Int] = [], name: String, logger: Logger) throws {
         let store = try ExpertStore.load(checkpoint, pairs: Set(pairs))
         self.pairs = pairs
-        self.cpus = cpus
         weightBytes = store.byteCount
         fingerprint = try ModelFingerprint.of(checkpoint, pairs: pairs)
         configFingerprint = try ModelFingerprint.of(checkpoint, pairs: [])

@@ -21,11 +21,8 @@ public enum CPUAffinity {
     public static func parse(_ text: String) -> [Int]? {
         var cpus: [Int] = []
         for item in text.split(separator: ",", omittingEmptySubsequences: false) {
-            let ends = item.split(separator: "-", omittingEmptySubsequences: false)
-            guard ends.count == 1 || ends.count == 2,
-                  let lo = Int(ends[0]), let hi = Int(ends.last!), lo >= 0, lo <= hi, hi < 1024
-            else { return nil }
-            cpus.append(contentsOf: lo...hi)
+            guard let range = ClosedRange(listItem: item), range.upperBound < 1024 else { return nil }
+            cpus.append(contentsOf: range)
         }
         return cpus
     }
