@@ -75,7 +75,7 @@ let package = Package(
             dependencies: ["ShoalCluster", "ShoalModel", "ShoalRPC", .product(name: "Logging", package: "swift-log")],
             path: "Tests/ShoalTestSupport"
         ),
-        .testTarget(name: "ShoalTensorTests", dependencies: ["ShoalTensor"]),
+        .testTarget(name: "ShoalTensorTests", dependencies: ["ShoalTensor", "ShoalTestSupport"]),
         .testTarget(name: "ShoalRPCTests", dependencies: ["ShoalRPC"]),
         .testTarget(name: "ShoalProtocolTests", dependencies: ["ShoalProtocol", "ShoalTensor"]),
         .testTarget(name: "ShoalTokenizerTests", dependencies: ["ShoalTokenizer", "ShoalTensor"]),

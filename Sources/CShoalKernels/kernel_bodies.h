@@ -7,12 +7,15 @@
 //   SHOAL_TABLE      name of the shoal_kernel_table this instantiation exports
 //   SHOAL_ISA_NAME, SHOAL_ISA_LEVEL
 #include <math.h>
+#include <stdlib.h>
 
 #include "kernel_table.h"
 
 typedef float vf __attribute__((ext_vector_type(SHOAL_VW)));
 typedef uint16_t vh __attribute__((ext_vector_type(SHOAL_VW)));
 typedef uint32_t vu __attribute__((ext_vector_type(SHOAL_VW)));
+typedef uint8_t vb __attribute__((ext_vector_type(SHOAL_VW)));
+typedef int8_t vsb __attribute__((ext_vector_type(SHOAL_VW)));
 typedef float v8 __attribute__((ext_vector_type(8)));
 typedef float v4 __attribute__((ext_vector_type(4)));
 typedef float v2 __attribute__((ext_vector_type(2)));
@@ -62,11 +65,13 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 #define GEMM_PREFETCH_L2 2048
 enum { PREFETCH_NONE, PREFETCH_NEXT_TILE, PREFETCH_AHEAD };
 
-// ---- loads ---------------------------------------------------------------------------------
+// ---- loads: widening and dequantizing weights ---------------------------------------------
 
 // memcpy loads are unaligned: rows of a matrix with odd cols start anywhere.
 INLINE vf load_f32(const float *p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
 INLINE void store_f32(float *p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+INLINE uint16_t load_u16(const uint8_t *p) { uint16_t v; __builtin_memcpy(&v, p, sizeof v); return v; }
+INLINE vb load_bytes(const uint8_t *p) { vb v; __builtin_memcpy(&v, p, sizeof v); return v; }
 
 // bf16 is the top half of a float32: zero-extend to 32 bits and shift it into place.
 INLINE vf load_bf16(const uint16_t *p) {
@@ -75,16 +80,141 @@ INLINE vf load_bf16(const uint16_t *p) {
     return (vf)(__builtin_convertvector(h, vu) << 16);
 }
 
-// Weight element i of a row in its stored dtype; `bf16` is a constant after inlining.
-INLINE vf load_w(const void *w, size_t i, int bf16) {
-    return bf16 ? load_bf16((const uint16_t *)w + i) : load_f32((const float *)w + i);
-}
-INLINE float scalar_w(const void *w, size_t i, int bf16) {
-    if (!bf16) return ((const float *)w)[i];
-    uint32_t bits = (uint32_t)((const uint16_t *)w)[i] << 16;
+// IEEE binary16 -> float32, exactly: the 15 magnitude bits moved into float32's places read as
+// a float 2^112 too small, normal and subnormal halves alike, and one multiply by a power of
+// two rescales them without rounding; Inf and NaN keep an all-ones exponent.
+INLINE float half_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)(h & 0x7fff) << 13;
     float f;
+    if ((h & 0x7c00) == 0x7c00) {
+        bits |= 0x7f800000;
+        __builtin_memcpy(&f, &bits, sizeof f);
+    } else {
+        __builtin_memcpy(&f, &bits, sizeof f);
+        f *= 0x1p112f;
+        __builtin_memcpy(&bits, &f, sizeof f);
+    }
+    bits |= (uint32_t)(h & 0x8000) << 16;
     __builtin_memcpy(&f, &bits, sizeof f);
     return f;
+}
+
+// Weights per block and bytes per block of each weight type (ggml-common.h's block structs).
+INLINE size_t block_weights(int wt) {
+    return wt <= SHOAL_W_BF16 ? 1 : wt <= SHOAL_W_Q4_0 ? 32 : 256;
+}
+INLINE size_t block_bytes(int wt) {
+    switch (wt) {
+    case SHOAL_W_F32: return 4;
+    case SHOAL_W_BF16: return 2;
+    case SHOAL_W_Q8_0: return 34;
+    case SHOAL_W_Q4_0: return 18;
+    case SHOAL_W_Q4_K: return 144;
+    case SHOAL_W_Q5_K: return 176;
+    default: return 210;  // Q6_K
+    }
+}
+// Bytes of the first n weights of a row (n a whole number of blocks; rounded down otherwise,
+// which only prefetch addresses rely on).
+INLINE size_t wbytes(int wt, size_t n) { return n / block_weights(wt) * block_bytes(wt); }
+// Weights between two software prefetches of a streamed row: one per 64-byte line or more often.
+INLINE size_t line_weights(int wt) {
+    return wt == SHOAL_W_F32 ? 16 : wt <= SHOAL_W_Q8_0 ? 32 : 64;
+}
+
+// The 6-bit scale and min of sub-block j of a Q4_K / Q5_K block (ggml's get_scale_min_k4).
+INLINE void scale_min_k4(int j, const uint8_t *q, float *sc, float *m) {
+    if (j < 4) {
+        *sc = (float)(q[j] & 63);
+        *m = (float)(q[j + 4] & 63);
+    } else {
+        *sc = (float)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (float)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+// VW weights of a block format starting at weight i of the matrix (i a multiple of VW; blocks
+// follow each other across rows). Each value is computed as ggml's dequantize_row_* computes it,
+// in the same order, and contraction is off inside these functions: an FMA here would round
+// differently from the dequantized weights the references use.
+INLINE vf load_q8_0(const uint8_t *w, size_t i) {
+    const uint8_t *b = w + i / 32 * 34;  // d, int8 qs[32]
+    vsb q;
+    __builtin_memcpy(&q, b + 2 + i % 32, sizeof q);
+    return __builtin_convertvector(q, vf) * half_to_float(load_u16(b));
+}
+
+INLINE vf load_q4_0(const uint8_t *w, size_t i) {
+    const uint8_t *b = w + i / 32 * 18;  // d, uint8 qs[16]: weight j low nibble, j + 16 high
+    const size_t o = i % 32;
+    vb q = load_bytes(b + 2 + (o & 15));
+    vb nibble = o < 16 ? q & 15 : q >> 4;
+    return (__builtin_convertvector(nibble, vf) - 8.0f) * half_to_float(load_u16(b));
+}
+
+INLINE vf load_q4_K(const uint8_t *w, size_t i) {
+#pragma clang fp contract(off)
+    const uint8_t *b = w + i / 256 * 144;  // d, dmin, scales[12], qs[128]
+    const size_t o = i % 256;
+    const int s = (int)(o / 32);  // sub-block: chunk o/64's low nibbles, then its high ones
+    float sc, m;
+    scale_min_k4(s, b + 4, &sc, &m);
+    const float d1 = half_to_float(load_u16(b)) * sc, m1 = half_to_float(load_u16(b + 2)) * m;
+    vb q = load_bytes(b + 16 + 32 * (o / 64) + o % 32);
+    vb nibble = (s & 1) ? q >> 4 : q & 15;
+    return d1 * __builtin_convertvector(nibble, vf) - m1;
+}
+
+INLINE vf load_q5_K(const uint8_t *w, size_t i) {
+#pragma clang fp contract(off)
+    const uint8_t *b = w + i / 256 * 176;  // d, dmin, scales[12], qh[32], qs[128]
+    const size_t o = i % 256;
+    const int s = (int)(o / 32);
+    float sc, m;
+    scale_min_k4(s, b + 4, &sc, &m);
+    const float d1 = half_to_float(load_u16(b)) * sc, m1 = half_to_float(load_u16(b + 2)) * m;
+    vb q = load_bytes(b + 48 + 32 * (o / 64) + o % 32);
+    vb high = load_bytes(b + 16 + o % 32);  // bit s of qh[l] is the fifth bit
+    vb nibble = (s & 1) ? q >> 4 : q & 15;
+    vb fifth = ((high >> (uint8_t)s) & 1) << 4;
+    return d1 * __builtin_convertvector(nibble | fifth, vf) - m1;
+}
+
+INLINE vf load_q6_K(const uint8_t *w, size_t i) {
+    const uint8_t *b = w + i / 256 * 210;  // ql[128], qh[64], int8 scales[16], d
+    const size_t o = i % 256, half = o / 128, quarter = (o % 128) / 32, l = o % 32;
+    vb low = load_bytes(b + 64 * half + 32 * (quarter & 1) + l);
+    vb high = load_bytes(b + 128 + 32 * half + l);
+    const float sc = (float)(int8_t)b[192 + 8 * half + l / 16 + 2 * quarter];
+    vb nibble = quarter >= 2 ? low >> 4 : low & 15;
+    vb top = ((high >> (uint8_t)(2 * quarter)) & 3) << 4;
+    vf q = __builtin_convertvector(nibble | top, vf) - 32.0f;
+    return half_to_float(load_u16(b + 208)) * sc * q;
+}
+
+// Weights i ..< i + VW of a matrix of type `wt` (a constant after inlining).
+INLINE vf load_w(const void *w, size_t i, int wt) {
+    switch (wt) {
+    case SHOAL_W_F32: return load_f32((const float *)w + i);
+    case SHOAL_W_BF16: return load_bf16((const uint16_t *)w + i);
+    case SHOAL_W_Q8_0: return load_q8_0(w, i);
+    case SHOAL_W_Q4_0: return load_q4_0(w, i);
+    case SHOAL_W_Q4_K: return load_q4_K(w, i);
+    case SHOAL_W_Q5_K: return load_q5_K(w, i);
+    default: return load_q6_K(w, i);
+    }
+}
+// Weight i alone (the tails of rows whose length is not a multiple of VW: float types only,
+// since a block holds a multiple of VW weights).
+INLINE float scalar_w(const void *w, size_t i, int wt) {
+    if (wt == SHOAL_W_F32) return ((const float *)w)[i];
+    if (wt == SHOAL_W_BF16) {
+        uint32_t bits = (uint32_t)((const uint16_t *)w)[i] << 16;
+        float f;
+        __builtin_memcpy(&f, &bits, sizeof f);
+        return f;
+    }
+    return load_w(w, i - i % VW, wt)[i % VW];
 }
 
 // ---- reductions ----------------------------------------------------------------------------
@@ -121,10 +251,10 @@ INLINE v4 hsum4(vf a, vf b, vf c, vf d) {
 // j, j+VW, j+2VW, ... in order. The sum is taken in KC-column blocks, each reduced and added in
 // order exactly as gemm_body does, so a token's result is bit-identical whether it runs alone
 // (GEMV) or in a batch (GEMM): a request's output does not depend on what else the server runs.
-INLINE void gemv_rows(const void *W, int bf16, size_t cols, const float *x, float *y,
+INLINE void gemv_rows(const void *W, int wt, size_t cols, const float *x, float *y,
                       size_t r, size_t h, int S) {
-    const size_t es = bf16 ? 2 : 4;
-    const char *w = (const char *)W + r * cols * es;  // W[r, :]; row r + i*h is h*cols further
+    const char *w = (const char *)W + wbytes(wt, r * cols);  // W[r, :]
+    const size_t step = wbytes(wt, h * cols);  // row r + i*h is i*step bytes further
     float sum[GEMV_STREAMS] = {0};  // stays 0 for an empty row
     for (size_t k0 = 0; k0 < cols; k0 += KC) {
         const size_t end = cols - k0 < KC ? cols : k0 + KC;
@@ -133,24 +263,24 @@ INLINE void gemv_rows(const void *W, int bf16, size_t cols, const float *x, floa
         size_t k = k0;
         for (; k + VW <= end; k += VW) {
             vf xk = load_f32(x + k);
-            if ((k * es) % 64 == 0)
-                UNROLL for (int i = 0; i < S; i++) __builtin_prefetch(w + (i * h * cols + k) * es + GEMV_PREFETCH, 0, 3);
-            UNROLL for (int i = 0; i < S; i++) acc[i] += load_w(w + i * h * cols * es, k, bf16) * xk;
+            if (k % line_weights(wt) == 0)
+                UNROLL for (int i = 0; i < S; i++) __builtin_prefetch(w + i * step + wbytes(wt, k) + GEMV_PREFETCH, 0, 3);
+            UNROLL for (int i = 0; i < S; i++) acc[i] += load_w(w + i * step, k, wt) * xk;
         }
         UNROLL for (int i = 0; i < S; i++) {
             float s = hsum(acc[i]);
-            for (size_t c = k; c < end; c++) s += scalar_w(w + i * h * cols * es, c, bf16) * x[c];
+            for (size_t c = k; c < end; c++) s += scalar_w(w + i * step, c, wt) * x[c];
             sum[i] = k0 > 0 ? sum[i] + s : s;
         }
     }
     UNROLL for (int i = 0; i < S; i++) y[r + i * h] = sum[i];
 }
 
-INLINE void gemv_body(const void *W, int bf16, size_t cols, const float *x, float *y,
+INLINE void gemv_body(const void *W, int wt, size_t cols, const float *x, float *y,
                       size_t r0, size_t r1) {
     const size_t h = (r1 - r0) / GEMV_STREAMS;  // rows per run; the last few run alone
-    for (size_t r = r0; r < r0 + h; r++) gemv_rows(W, bf16, cols, x, y, r, h, GEMV_STREAMS);
-    for (size_t r = r0 + h * GEMV_STREAMS; r < r1; r++) gemv_rows(W, bf16, cols, x, y, r, 0, 1);
+    for (size_t r = r0; r < r0 + h; r++) gemv_rows(W, wt, cols, x, y, r, h, GEMV_STREAMS);
+    for (size_t r = r0 + h * GEMV_STREAMS; r < r1; r++) gemv_rows(W, wt, cols, x, y, r, 0, 1);
 }
 
 // ---- GEMM: Y = X Wᵀ over n tokens, compute bound ---------------------------------------------
@@ -160,28 +290,28 @@ INLINE void gemv_body(const void *W, int bf16, size_t cols, const float *x, floa
 // Tile row i is w + i*ldw and lands in y[t*ldy + i*ys]. `prefetch` is PREFETCH_NEXT_TILE (the
 // next tile's rows, w + RT*ldw, same columns), PREFETCH_AHEAD (this tile's rows GEMV_PREFETCH
 // and GEMM_PREFETCH_L2 bytes ahead) or PREFETCH_NONE.
-INLINE void gemm_tile(const void *w, int bf16, size_t ldw, const float *x, size_t ldx,
+INLINE void gemm_tile(const void *w, int wt, size_t ldw, const float *x, size_t ldx,
                       size_t kc, float *y, size_t ldy, size_t ys, int R, int T, int accumulate,
                       int prefetch) {
-    // w: R rows of W (f32 or bf16) ldw apart; x: [T, ldx]; y: [T, ldy]
+    // w: R rows of W (of type wt) ldw weights apart; x: [T, ldx]; y: [T, ldy]
     vf acc[RT][SHOAL_TT];
     UNROLL for (int i = 0; i < RT; i++) UNROLL for (int t = 0; t < SHOAL_TT; t++) acc[i][t] = 0;
     // Measured on Zen 4 (3584 x 1024 bf16, one thread, before gemm_streams took few tokens):
     // 4 tokens 990 -> 720 us, 8 tokens 1220 -> 880 us.
-    const size_t es = bf16 ? 2 : 4, line = 64 / es;  // elements per cache line
-    const char *next = (const char *)w + (size_t)RT * ldw * es;
+    const size_t line = line_weights(wt);
+    const char *next = (const char *)w + wbytes(wt, (size_t)RT * ldw);
     size_t k = 0;
     for (; k + VW <= kc; k += VW) {
         if (prefetch == PREFETCH_NEXT_TILE && k % line == 0)
-            UNROLL for (int i = 0; i < RT; i++) __builtin_prefetch(next + (i * ldw + k) * es, 0, 3);
+            UNROLL for (int i = 0; i < RT; i++) __builtin_prefetch(next + wbytes(wt, i * ldw + k), 0, 3);
         if (prefetch == PREFETCH_AHEAD && k % line == 0)
             UNROLL for (int i = 0; i < R; i++) {
-                const char *row = (const char *)w + (i * ldw + k) * es;
+                const char *row = (const char *)w + wbytes(wt, i * ldw + k);
                 __builtin_prefetch(row + GEMV_PREFETCH, 0, 3);
                 __builtin_prefetch(row + GEMM_PREFETCH_L2, 0, 2);
             }
         vf wv[RT];
-        UNROLL for (int i = 0; i < R; i++) wv[i] = load_w(w, i * ldw + k, bf16);
+        UNROLL for (int i = 0; i < R; i++) wv[i] = load_w(w, i * ldw + k, wt);
         UNROLL for (int t = 0; t < T; t++) {
             vf xv = load_f32(x + t * ldx + k);
             UNROLL for (int i = 0; i < R; i++) acc[i][t] += wv[i] * xv;
@@ -192,7 +322,7 @@ INLINE void gemm_tile(const void *w, int bf16, size_t ldw, const float *x, size_
                        : (v4){hsum(acc[0][t]), 0, 0, 0};
         UNROLL for (int i = 0; i < R; i++) {
             float v = s[i];
-            for (size_t c = k; c < kc; c++) v += scalar_w(w, i * ldw + c, bf16) * x[t * ldx + c];
+            for (size_t c = k; c < kc; c++) v += scalar_w(w, i * ldw + c, wt) * x[t * ldx + c];
             float *out = y + t * ldy + i * ys;
             *out = accumulate ? *out + v : v;
         }
@@ -201,12 +331,12 @@ INLINE void gemm_tile(const void *w, int bf16, size_t ldw, const float *x, size_
 
 // One R x T tile for any T <= SHOAL_TT: the switch turns T into a constant so every tile
 // width gets its own fully unrolled loop.
-INLINE void gemm_tile_n(const void *w, int bf16, size_t ldw, const float *x, size_t ldx,
+INLINE void gemm_tile_n(const void *w, int wt, size_t ldw, const float *x, size_t ldx,
                         size_t kc, float *y, size_t ldy, size_t ys, int R, size_t T,
                         int accumulate, int prefetch) {
 #define WIDTH(N)                                                                              \
     case N:                                                                                   \
-        gemm_tile(w, bf16, ldw, x, ldx, kc, y, ldy, ys, R, N <= SHOAL_TT ? N : 1, accumulate, \
+        gemm_tile(w, wt, ldw, x, ldx, kc, y, ldy, ys, R, N <= SHOAL_TT ? N : 1, accumulate,   \
                   prefetch);                                                                  \
         break;
     switch (T) { WIDTH(1) WIDTH(2) WIDTH(3) WIDTH(4) WIDTH(5) WIDTH(6) WIDTH(7) WIDTH(8) }
@@ -215,19 +345,18 @@ INLINE void gemm_tile_n(const void *w, int bf16, size_t ldw, const float *x, siz
 
 // y[t*ldy + i] (+)= w[i, :kc] · x[t*ldx + :kc] for i < R rows, t < n tokens. Token tiles run
 // outside row tiles so a token tile's x is loaded from L2 once for all R rows.
-INLINE void gemm_rows(const void *w, int bf16, size_t ldw, size_t R, const float *x,
+INLINE void gemm_rows(const void *w, int wt, size_t ldw, size_t R, const float *x,
                       size_t ldx, size_t kc, size_t n, float *y, size_t ldy, int accumulate) {
-    const size_t es = bf16 ? 2 : 4;
     for (size_t t = 0; t < n; t += SHOAL_TT) {
         size_t T = n - t < SHOAL_TT ? n - t : SHOAL_TT;
         const float *xt = x + t * ldx;
         float *yt = y + t * ldy;
         size_t i = 0;
         for (; i + RT <= R; i += RT)
-            gemm_tile_n((const char *)w + i * ldw * es, bf16, ldw, xt, ldx, kc, yt + i, ldy, 1,
+            gemm_tile_n((const char *)w + wbytes(wt, i * ldw), wt, ldw, xt, ldx, kc, yt + i, ldy, 1,
                         RT, T, accumulate, PREFETCH_NEXT_TILE);
         for (; i < R; i++)
-            gemm_tile_n((const char *)w + i * ldw * es, bf16, ldw, xt, ldx, kc, yt + i, ldy, 1,
+            gemm_tile_n((const char *)w + wbytes(wt, i * ldw), wt, ldw, xt, ldx, kc, yt + i, ldy, 1,
                         1, T, accumulate, PREFETCH_NEXT_TILE);
     }
 }
@@ -241,47 +370,56 @@ INLINE void gemm_rows(const void *w, int bf16, size_t ldw, size_t R, const float
 // streamed): 2 tokens 662-796 -> 323-507, 4 tokens 689-828 -> 533-681,
 // 8 tokens 884-1026 -> 764-884, 16 tokens 1409-1625 -> 1326-1476; 32 tokens 2703-2828 ->
 // 2497-2578; 64 tokens the blocked kernel wins.
-INLINE void gemm_stream_rows(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
+INLINE void gemm_stream_rows(const void *W, int wt, size_t cols, const float *X, size_t ldx,
                              size_t n, float *Y, size_t ldy, size_t r, size_t run, int R) {
-    const size_t es = bf16 ? 2 : 4;
     for (size_t t = 0; t < n; t += SHOAL_TT) {
         size_t T = n - t < SHOAL_TT ? n - t : SHOAL_TT;
         for (size_t k0 = 0; k0 < cols; k0 += KC) {
             size_t kc = cols - k0 < KC ? cols - k0 : KC;
-            gemm_tile_n((const char *)W + (r * cols + k0) * es, bf16, run * cols, X + t * ldx + k0,
+            gemm_tile_n((const char *)W + wbytes(wt, r * cols + k0), wt, run * cols, X + t * ldx + k0,
                         ldx, kc, Y + t * ldy + r, ldy, run, R, T, k0 > 0,
                         t == 0 ? PREFETCH_AHEAD : PREFETCH_NONE);
         }
     }
 }
 
-INLINE void gemm_streams(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
+INLINE void gemm_streams(const void *W, int wt, size_t cols, const float *X, size_t ldx,
                          size_t n, float *Y, size_t ldy, size_t r0, size_t r1) {
     const size_t h = (r1 - r0) / RT;  // rows per run; the last few rows go alone
-    for (size_t r = r0; r < r0 + h; r++) gemm_stream_rows(W, bf16, cols, X, ldx, n, Y, ldy, r, h, RT);
+    for (size_t r = r0; r < r0 + h; r++) gemm_stream_rows(W, wt, cols, X, ldx, n, Y, ldy, r, h, RT);
     for (size_t r = r0 + h * RT; r < r1; r++)
-        gemm_stream_rows(W, bf16, cols, X, ldx, n, Y, ldy, r, 0, 1);
+        gemm_stream_rows(W, wt, cols, X, ldx, n, Y, ldy, r, 0, 1);
 }
 
 // Y[t*ldy + r] = W[r,:] · X[t*ldx + :cols] for r in [r0, r1), t < n, one MC x KC block of W at
-// a time; later K blocks add to what the first stored.
-INLINE void gemm_blocked(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
+// a time; later K blocks add to what the first stored. A block-quantized block is dequantized
+// once into a float32 scratch of MC x KC (the tiles would otherwise dequantize every weight once
+// per token tile); the tiles then compute exactly what they compute over the quantized block.
+INLINE void gemm_blocked(const void *W, int wt, size_t cols, const float *X, size_t ldx,
                       size_t n, float *Y, size_t ldy, size_t r0, size_t r1) {
-    const size_t es = bf16 ? 2 : 4;
+    float *scratch = wt > SHOAL_W_BF16 ? malloc(MC * KC * sizeof(float)) : NULL;
     for (size_t k0 = 0; k0 < cols; k0 += KC) {
         size_t kc = cols - k0 < KC ? cols - k0 : KC;
         for (size_t r = r0; r < r1; r += MC) {
             size_t R = r1 - r < MC ? r1 - r : MC;
-            gemm_rows((const char *)W + (r * cols + k0) * es, bf16, cols, R, X + k0, ldx, kc, n,
-                      Y + r, ldy, k0 > 0);
+            const char *block = (const char *)W + wbytes(wt, r * cols + k0);
+            if (scratch) {
+                for (size_t i = 0; i < R; i++)
+                    for (size_t k = 0; k < kc; k += VW)
+                        store_f32(scratch + i * kc + k, load_w(block + wbytes(wt, i * cols), k, wt));
+                gemm_rows(scratch, SHOAL_W_F32, kc, R, X + k0, ldx, kc, n, Y + r, ldy, k0 > 0);
+            } else {
+                gemm_rows(block, wt, cols, R, X + k0, ldx, kc, n, Y + r, ldy, k0 > 0);
+            }
         }
     }
+    free(scratch);
 }
 
-INLINE void gemm_body(const void *W, int bf16, size_t cols, const float *X, size_t ldx,
+INLINE void gemm_body(const void *W, int wt, size_t cols, const float *X, size_t ldx,
                       size_t n, float *Y, size_t ldy, size_t r0, size_t r1) {
     if (n == 1) {  // y[0*ldy + r] is y[r]: one token is a GEMV, bandwidth bound
-        gemv_body(W, bf16, cols, X, Y, r0, r1);
+        gemv_body(W, wt, cols, X, Y, r0, r1);
         return;
     }
     if (cols == 0) {  // no K blocks: an empty dot product is 0
@@ -289,8 +427,8 @@ INLINE void gemm_body(const void *W, int bf16, size_t cols, const float *X, size
             __builtin_memset(Y + t * ldy + r0, 0, (r1 - r0) * sizeof(float));
         return;
     }
-    if (n <= GEMM_STREAM_TOKENS) gemm_streams(W, bf16, cols, X, ldx, n, Y, ldy, r0, r1);
-    else gemm_blocked(W, bf16, cols, X, ldx, n, Y, ldy, r0, r1);
+    if (n <= GEMM_STREAM_TOKENS) gemm_streams(W, wt, cols, X, ldx, n, Y, ldy, r0, r1);
+    else gemm_blocked(W, wt, cols, X, ldx, n, Y, ldy, r0, r1);
 }
 
 // ---- attention and probes ------------------------------------------------------------------
@@ -355,17 +493,39 @@ INLINE float read_sum_body(const float *p, size_t n) {
 
 // ---- this instruction set's entry points ---------------------------------------------------
 
-SHOAL_ATTR static void gemv_f32(const float *w, size_t cols, const float *x, float *y,
-                                size_t r0, size_t r1) { gemv_body(w, 0, cols, x, y, r0, r1); }
-SHOAL_ATTR static void gemv_bf16(const uint16_t *w, size_t cols, const float *x, float *y,
-                                 size_t r0, size_t r1) { gemv_body(w, 1, cols, x, y, r0, r1); }
-SHOAL_ATTR static void gemm_f32(const float *w, size_t cols, const float *x, size_t ldx,
-                                size_t n, float *y, size_t ldy, size_t r0, size_t r1) {
-    gemm_body(w, 0, cols, x, ldx, n, y, ldy, r0, r1);
+// One copy of each body per weight type, so `wt` is a constant inside it.
+#define EACH_WEIGHT_TYPE(CALL)                         \
+    switch (wt) {                                      \
+    case SHOAL_W_F32: CALL(SHOAL_W_F32); break;        \
+    case SHOAL_W_BF16: CALL(SHOAL_W_BF16); break;      \
+    case SHOAL_W_Q8_0: CALL(SHOAL_W_Q8_0); break;      \
+    case SHOAL_W_Q4_0: CALL(SHOAL_W_Q4_0); break;      \
+    case SHOAL_W_Q4_K: CALL(SHOAL_W_Q4_K); break;      \
+    case SHOAL_W_Q5_K: CALL(SHOAL_W_Q5_K); break;      \
+    case SHOAL_W_Q6_K: CALL(SHOAL_W_Q6_K); break;      \
+    }
+
+SHOAL_ATTR static void gemv(int wt, const void *w, size_t cols, const float *x, float *y,
+                            size_t r0, size_t r1) {
+#define GEMV(T) gemv_body(w, T, cols, x, y, r0, r1)
+    EACH_WEIGHT_TYPE(GEMV)
+#undef GEMV
 }
-SHOAL_ATTR static void gemm_bf16(const uint16_t *w, size_t cols, const float *x, size_t ldx,
-                                 size_t n, float *y, size_t ldy, size_t r0, size_t r1) {
-    gemm_body(w, 1, cols, x, ldx, n, y, ldy, r0, r1);
+SHOAL_ATTR static void gemm(int wt, const void *w, size_t cols, const float *x, size_t ldx,
+                            size_t n, float *y, size_t ldy, size_t r0, size_t r1) {
+#define GEMM(T) gemm_body(w, T, cols, x, ldx, n, y, ldy, r0, r1)
+    EACH_WEIGHT_TYPE(GEMM)
+#undef GEMM
+}
+INLINE void dequantize_body(const void *w, int wt, size_t n, float *out) {
+    size_t k = 0;
+    for (; k + VW <= n; k += VW) store_f32(out + k, load_w(w, k, wt));
+    for (; k < n; k++) out[k] = scalar_w(w, k, wt);
+}
+SHOAL_ATTR static void dequantize(int wt, const void *w, size_t n, float *out) {
+#define DEQUANTIZE(T) dequantize_body(w, T, n, out)
+    EACH_WEIGHT_TYPE(DEQUANTIZE)
+#undef DEQUANTIZE
 }
 SHOAL_ATTR static float dot_f32(const float *a, const float *b, size_t n) {
     return dot_body(a, b, n);
@@ -383,10 +543,9 @@ SHOAL_ATTR static float read_sum_f32(const float *p, size_t n) { return read_sum
 const struct shoal_kernel_table SHOAL_TABLE = {
     .name = SHOAL_ISA_NAME,
     .level = SHOAL_ISA_LEVEL,
-    .gemv_f32 = gemv_f32,
-    .gemv_bf16 = gemv_bf16,
-    .gemm_f32 = gemm_f32,
-    .gemm_bf16 = gemm_bf16,
+    .gemv = gemv,
+    .gemm = gemm,
+    .dequantize = dequantize,
     .dot_f32 = dot_f32,
     .axpy_f32 = axpy_f32,
     .attend_f32 = attend_f32,

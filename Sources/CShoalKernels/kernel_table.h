@@ -7,12 +7,10 @@
 struct shoal_kernel_table {
     const char *name;
     int level;
-    void (*gemv_f32)(const float *, size_t, const float *, float *, size_t, size_t);
-    void (*gemv_bf16)(const uint16_t *, size_t, const float *, float *, size_t, size_t);
-    void (*gemm_f32)(const float *, size_t, const float *, size_t, size_t, float *, size_t,
-                     size_t, size_t);
-    void (*gemm_bf16)(const uint16_t *, size_t, const float *, size_t, size_t, float *, size_t,
-                      size_t, size_t);
+    void (*gemv)(int, const void *, size_t, const float *, float *, size_t, size_t);
+    void (*gemm)(int, const void *, size_t, const float *, size_t, size_t, float *, size_t,
+                 size_t, size_t);
+    void (*dequantize)(int, const void *, size_t, float *);
     float (*dot_f32)(const float *, const float *, size_t);
     void (*axpy_f32)(float *, float, const float *, size_t);
     void (*attend_f32)(const float *, size_t, size_t, const float *, const float *, size_t,

@@ -11,7 +11,7 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Measure prefill and decode tokens/s and weight streaming against memory bandwidth.")
 
-    @Option(help: "Model folder (Hugging Face or Mistral layout).") var model: String
+    @Option(help: "Model folder (Hugging Face or Mistral layout) or GGUF file.") var model: String
     @Option(help: "Prompt length for the prefill measurement.") var promptTokens = 512
     @Option(help: "Tokens decoded per repeat.") var genTokens = 64
     @Option(help: "Compute threads (default: one per core).") var threads = Engine.defaultThreads
@@ -73,7 +73,7 @@ struct BenchCommand: ParsableCommand {
                 bandwidths.append(readings.reduce(0, +) / Double(readings.count))
                 decode.append(Double(genTokens) / decoding)
                 let bytes = m.weightBytesRead + (local?.weightBytesRead ?? 0) - bytes0
-                bytesPerToken.append(Double(bytes + config.dim * m.weights.embedding.dtype.size) / Double(genTokens))
+                bytesPerToken.append(Double(bytes + m.weights.embedding.rowBytes) / Double(genTokens))
                 fractions.append(decode.last! * bytesPerToken.last! / 1e9 / bandwidths.last!)
             }
             let decodeRate = median(decode), perToken = median(bytesPerToken), bandwidth = median(bandwidths)

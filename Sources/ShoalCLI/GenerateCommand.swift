@@ -11,7 +11,7 @@ struct GenerateCommand: ParsableCommand {
         commandName: "generate",
         abstract: "Generate text, streaming it to stdout; speeds go to stderr.")
 
-    @Option(help: "Model folder (Hugging Face or Mistral layout).") var model: String?
+    @Option(help: "Model folder (Hugging Face or Mistral layout) or GGUF file.") var model: String?
     @Option(help: "A coordinator's prompt API, HOST:PORT, instead of --model.") var coordinator: String?
     @Option(help: "Prompt text (BOS is prepended).") var prompt: String?
     @Option(help: "A JSON conversation in the Mistral v1 chat format.") var chat: String?
@@ -127,7 +127,7 @@ struct LogitsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "logits", abstract: "Write the float32 logits of every prompt position to a safetensors file.")
 
-    @Option(help: "Model folder (Hugging Face or Mistral layout).") var model: String
+    @Option(help: "Model folder (Hugging Face or Mistral layout) or GGUF file.") var model: String
     @Option(help: "Comma-separated token ids.") var ids: String
     @Option(help: "Output .safetensors file (tensor `logits`, shape [n, vocab]).") var out: String
     @Option(help: "Compute threads (default: one per core).") var threads = Engine.defaultThreads

@@ -19,7 +19,7 @@ struct ServeCommand: ParsableCommand {
             stops taking requests, lets running ones finish for --grace seconds, then exits 0.
             """)
 
-    @Option(help: "Model folder (Hugging Face or Mistral layout).") var model: String
+    @Option(help: "Model folder (Hugging Face or Mistral layout) or GGUF file.") var model: String
     @OptionGroup var cluster: ClusterOptions
     @Option(help: "HTTP address, HOST:PORT (port 0: any free port; 'off': no HTTP).") var http = "127.0.0.1:8080"
     @Option(help: "gRPC address, HOST:PORT (port 0: any free port; 'off': no gRPC).") var grpc = "127.0.0.1:7000"

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import ShoalModel
+import ShoalTensor
 import ShoalTokenizer
 
 /// `shoal tokenize`: text or a conversation to ids, as a JSON array.
@@ -7,7 +9,7 @@ struct TokenizeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tokenize", abstract: "Print the token ids of a text or a chat conversation as a JSON array.")
 
-    @Option(help: "tokenizer.model or tokenizer.model.v1") var tokenizer: String
+    @Option(help: "tokenizer.model, tokenizer.model.v1, or a GGUF model file (its vocabulary)") var tokenizer: String
     @Flag(help: "Prepend the beginning-of-sequence id.") var bos = false
     @Flag(help: "Append the end-of-sequence id.") var eos = false
     @Option(help: "A JSON file of [{\"role\", \"content\", \"prefix\"?}] in the Mistral v1 chat format.") var chat: String?
@@ -15,7 +17,7 @@ struct TokenizeCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let tok = try SentencePieceTokenizer(contentsOf: tokenizer)
+            let tok = try loadTokenizer(tokenizer)
             let ids: [Int]
             switch (chat, text) {
             case let (path?, nil): ids = try tok.encodeChat(try readChat(path))
@@ -32,12 +34,12 @@ struct DetokenizeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "detokenize", abstract: "Print the text of token ids as a JSON string.")
 
-    @Option(help: "tokenizer.model or tokenizer.model.v1") var tokenizer: String
+    @Option(help: "tokenizer.model, tokenizer.model.v1, or a GGUF model file (its vocabulary)") var tokenizer: String
     @Option(help: "Comma-separated ids, e.g. 1,2,3") var ids: String
 
     func run() throws {
         try reportingErrors {
-            let tok = try SentencePieceTokenizer(contentsOf: tokenizer)
+            let tok = try loadTokenizer(tokenizer)
             let list = try parseIDs(ids)
             try tok.validate(list)
             print(jsonString(tok.decode(list)))
@@ -63,4 +65,10 @@ func readChat(_ path: String) throws -> [ChatMessage] {
     do { return try JSONDecoder().decode([ChatMessage].self, from: data) } catch {
         throw ChatFileError.unreadable(path, "expected a JSON array of {\"role\": \"system|user|assistant\", \"content\": \"…\"}")
     }
+}
+
+/// A SentencePiece model file, or the vocabulary inside a GGUF model file.
+func loadTokenizer(_ path: String) throws -> SentencePieceTokenizer {
+    if GGUFFile.looksLikeGGUF(path) { return try Checkpoint(folder: path).loadTokenizer() }
+    return try SentencePieceTokenizer(contentsOf: path)
 }

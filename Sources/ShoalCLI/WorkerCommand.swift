@@ -18,7 +18,7 @@ struct WorkerCommand: ParsableCommand {
             calls get --grace seconds to finish) with exit code 0.
             """)
 
-    @Option(help: "Model folder (Hugging Face or Mistral layout).") var model: String
+    @Option(help: "Model folder (Hugging Face or Mistral layout) or GGUF file.") var model: String
     @Option(help: "Experts to serve: EXPERTS[@LAYERS][,…].") var experts: String
     @Option(help: "Address to listen on; port 0 picks a free port (see the ready line).")
     var listen = "0.0.0.0:50051"
@@ -57,7 +57,8 @@ struct WorkerCommand: ParsableCommand {
             // Written unbuffered: whoever started us waits for this line on a pipe.
             FileHandle.standardOutput.write(Data((
                 "shoal worker ready: listening on \(address), experts \(experts) of \(checkpoint.folder) "
-                    + "(\(pairs.count) pairs, \(formatBytes(worker.weightBytes)) of weights), "
+                    + "(\(pairs.count) pairs, \(formatBytes(worker.weightBytes)) of weights: "
+                    + worker.weightTypes.map { "\($0.type.rawValue) \(formatBytes($0.bytes))" }.joined(separator: ", ") + "), "
                     + "fingerprint \(worker.fingerprint)"
                     + (cpus.isEmpty ? "" : ", threads pinned to CPUs \(cpusArgument(cpus))")
                     + "\n").utf8))

@@ -22,6 +22,8 @@ public final class ExpertWorker: Sendable {
     public let configFingerprint: String
     private let shape: ModelShape
     private let weightDType: Shoal_V1_DType
+    /// Bytes of expert weights held per stored type, largest first.
+    public let weightTypes: [(type: DType, bytes: Int)]
     private let limits: ComputeLimits
     private let name: String
     private let logger: Logger
@@ -55,7 +57,12 @@ public final class ExpertWorker: Sendable {
         limits = ComputeLimits(dim: c.dim, layers: c.layers, experts: c.experts, maxTokens: maxTokens) {
             held.contains(ExpertKey(layer: $0, expert: $1))
         }
-        weightDType = store.experts.values.first.map { $0.w1.dtype == .bf16 ? .bf16 : .f32 } ?? .unspecified
+        // The wire's DType names float types only: quantized experts say unspecified here, and
+        // the ready line and logs name their block types (`weightTypes`).
+        weightDType = store.experts.values.first.map {
+            switch $0.w1.dtype { case .bf16: .bf16; case .f32: .f32; default: .unspecified }
+        } ?? .unspecified
+        weightTypes = store.bytesByType
         self.name = name
         self.logger = logger
         let pool = ComputePool(threads: threads, cpus: cpus)

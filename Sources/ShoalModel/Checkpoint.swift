@@ -1,12 +1,20 @@
 import Foundation
 import ShoalTensor
+import ShoalTokenizer
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// Which on-disk convention a folder follows. The tensor names of each live here and only here.
+/// Which on-disk convention a checkpoint follows. The tensor names of each live here and only here.
 public enum CheckpointLayout: String, Sendable {
     /// `config.json` + `model.safetensors` or sharded `model-*.safetensors` + index.
     case huggingFace
     /// `params.json` + `consolidated.safetensors`: wq/wk rows in the original interleaved-RoPE order.
     case mistral
+    /// One llama.cpp GGUF file (`general.architecture = llama` with experts), its experts either
+    /// merged per layer (`blk.N.ffn_gate_exps.weight`, `[n_expert][out][in]`) or one tensor each
+    /// (`blk.N.ffn_gate.E.weight`, the December 2023 files); wq/wk rows in the interleaved order.
+    case gguf
 
     /// How q/k rows pair up for RoPE. transformers' converter permutes wq/wk rows so that
     /// pair i is (i, i + head_dim/2); Mistral's files keep adjacent pairs (2i, 2i+1). Using
@@ -15,6 +23,7 @@ public enum CheckpointLayout: String, Sendable {
 
     func name(_ tensor: TensorName) -> String {
         switch (self, tensor) {
+        case (.gguf, _): return GGUFNames.name(tensor, merged: true)
         case (.huggingFace, .embedding): return "model.embed_tokens.weight"
         case (.huggingFace, .output): return "lm_head.weight"
         case (.huggingFace, .finalNorm): return "model.norm.weight"
@@ -52,24 +61,67 @@ enum TensorName {
     case expert(Int, Int, String)
 }
 
-/// An opened model folder: its layout, config and tokenizer path, with safetensors files
-/// mapped on first use. Matrices it hands out point into the mappings, so it must outlive them.
+/// One tensor as stored: its bytes in a mapping, with the type and shape the file gives it.
+struct StoredTensor {
+    /// The file's name for it (a merged GGUF expert tensor adds `[expert E]`).
+    let name: String
+    /// The file's type name (`BF16`, `Q4_K`, …).
+    let typeName: String
+    /// The compute type, when it is a weight type Shoal reads.
+    let dtype: DType?
+    /// PyTorch order: a matrix is `[rows, cols]`.
+    let shape: [Int]
+    let bytes: UnsafeRawBufferPointer
+
+    /// Asks the kernel to read these bytes ahead.
+    func willNeed() {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = Int(bitPattern: base) / page * page
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: start), Int(bitPattern: base) + bytes.count - start, MADV_WILLNEED)
+    }
+}
+
+/// An opened checkpoint: a model folder (either safetensors layout) or a GGUF file, with its
+/// config and tokenizer; safetensors files are mapped on first use. Matrices it hands out point
+/// into the mappings, so it must outlive them.
 ///
 /// `@unchecked Sendable`: after loading, its state is only read.
 public final class Checkpoint: @unchecked Sendable {
+    /// The folder, or the GGUF file, it was opened from.
     public let folder: String
     public let layout: CheckpointLayout
     public let config: ModelConfig
-    /// `tokenizer.model` or `tokenizer.model.v1`, when the folder has one.
+    /// `tokenizer.model` or `tokenizer.model.v1`, when the folder has one (a GGUF file carries
+    /// its vocabulary: `loadTokenizer()`).
     public let tokenizerPath: String?
-    /// Tensor name → file name inside `folder`.
+    /// The GGUF file, for a `.gguf` layout.
+    public let gguf: GGUFFile?
+    /// Tensor name → file name inside `folder` (safetensors layouts).
     private let fileOf: [String: String]
     private var opened: [String: SafetensorsFile] = [:]
     /// f16 weights widened to f32, owned here.
     private var widened: [UnsafeMutableRawPointer] = []
 
+    /// Opens `folder`: a Hugging Face or Mistral folder, or a GGUF file (the name is kept for the
+    /// callers that only ever passed folders).
     public init(folder: String) throws {
         self.folder = folder
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), !isDirectory.boolValue {
+            guard GGUFFile.looksLikeGGUF(folder) else {
+                throw ModelLoadError.notACheckpoint(folder: folder, found: [])
+            }
+            let file = try GGUFFile(path: folder)
+            gguf = file
+            layout = .gguf
+            config = try GGUFNames.config(file)
+            fileOf = [:]
+            tokenizerPath = nil
+            try config.validate(source: folder)
+            return
+        }
+        gguf = nil
         let fm = FileManager.default
         let found = ((try? fm.contentsOfDirectory(atPath: folder)) ?? []).sorted()
         func has(_ name: String) -> Bool { found.contains(name) }
@@ -102,53 +154,57 @@ public final class Checkpoint: @unchecked Sendable {
         return p
     }
 
+    /// The checkpoint's tokenizer: `tokenizer.model(.v1)` beside a folder's weights, or a GGUF
+    /// file's own vocabulary.
+    public func loadTokenizer() throws -> SentencePieceTokenizer {
+        if let gguf { return try GGUFNames.tokenizer(gguf) }
+        return try SentencePieceTokenizer(contentsOf: try requireTokenizerPath())
+    }
+
     /// A weight matrix `[rows, cols]`, checked against the expected shape.
     func matrix(_ tensor: TensorName, rows: Int, cols: Int) throws -> Matrix {
-        let name = layout.name(tensor)
-        let (file, info) = try info(name)
-        guard info.shape == [rows, cols] else {
-            throw ModelLoadError.shapeMismatch(name: name, expected: [rows, cols], actual: info.shape)
+        let t = try stored(tensor)
+        guard t.shape == [rows, cols] else {
+            throw ModelLoadError.shapeMismatch(name: t.name, expected: [rows, cols], actual: t.shape)
         }
-        guard let dtype = info.type.weightDType else {
-            throw ModelLoadError.unsupportedDType(name: name, dtype: info.type.rawValue)
-        }
-        file.willNeed(info)
-        let bytes = file.data(info)
+        guard let dtype = t.dtype else { throw ModelLoadError.unsupportedDType(name: t.name, dtype: t.typeName) }
+        t.willNeed()
         if dtype == .f16 {
             let out = UnsafeMutableRawPointer.allocate(byteCount: rows * cols * 4, alignment: 64)
             widened.append(out)
             let f = out.bindMemory(to: Float.self, capacity: rows * cols)
             for i in 0..<(rows * cols) {
-                f[i] = Float(Float16(bitPattern: bytes.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)))
+                f[i] = Float(Float16(bitPattern: t.bytes.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)))
             }
             return Matrix(dtype: .f32, rows: rows, cols: cols, base: UnsafeRawPointer(out))
         }
-        return Matrix(dtype: dtype, rows: rows, cols: cols, base: bytes.baseAddress!)
+        return Matrix(dtype: dtype, rows: rows, cols: cols, base: t.bytes.baseAddress!)
     }
 
     /// A small vector (norm weights) copied to float32.
     func vector(_ tensor: TensorName, count: Int) throws -> [Float] {
+        let t = try stored(tensor)
+        guard t.shape == [count] else {
+            throw ModelLoadError.shapeMismatch(name: t.name, expected: [count], actual: t.shape)
+        }
+        let b = t.bytes
+        switch t.dtype {
+        case .f32: return (0..<count).map { b.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) }
+        case .bf16: return (0..<count).map { bf16ToFloat(b.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)) }
+        case .f16: return (0..<count).map { Float(Float16(bitPattern: b.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))) }
+        default: throw ModelLoadError.unsupportedDType(name: t.name, dtype: t.typeName)
+        }
+    }
+
+    /// A tensor as stored, without reading its data.
+    func stored(_ tensor: TensorName) throws -> StoredTensor {
+        if let gguf { return try GGUFNames.stored(tensor, in: gguf) }
         let name = layout.name(tensor)
-        let (file, info) = try info(name)
-        guard info.shape == [count] else {
-            throw ModelLoadError.shapeMismatch(name: name, expected: [count], actual: info.shape)
-        }
-        guard info.type.weightDType != nil else {
-            throw ModelLoadError.unsupportedDType(name: name, dtype: info.type.rawValue)
-        }
-        return try file.floats(name)
-    }
-
-    /// The file holding a tensor and its header entry, without reading its data.
-    func tensor(_ tensor: TensorName) throws -> (SafetensorsFile, TensorInfo) {
-        try info(layout.name(tensor))
-    }
-
-    private func info(_ name: String) throws -> (SafetensorsFile, TensorInfo) {
         guard let fileName = fileOf[name] else { throw ModelLoadError.missingTensor(name: name, folder: folder) }
         let file = try open(fileName, for: name)
         guard let info = file.tensors[name] else { throw ModelLoadError.missingTensor(name: name, folder: folder) }
-        return (file, info)
+        return StoredTensor(name: name, typeName: info.type.rawValue, dtype: info.type.weightDType,
+                            shape: info.shape, bytes: file.data(info))
     }
 
     private func open(_ fileName: String, for tensor: String) throws -> SafetensorsFile {

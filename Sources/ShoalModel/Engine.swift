@@ -1,7 +1,7 @@
 import ShoalTensor
 import ShoalTokenizer
 
-/// A model folder loaded for generation in one process: weights, tokenizer, compute pool.
+/// A model folder or GGUF file loaded for generation in one process: weights, tokenizer, compute pool.
 public final class Engine {
     public let checkpoint: Checkpoint
     public let tokenizer: SentencePieceTokenizer
@@ -15,7 +15,7 @@ public final class Engine {
     public init(folder: String, threads: Int = Engine.defaultThreads, cpus: [Int] = [],
                 experts makeExperts: ((Checkpoint, ComputePool) throws -> ExpertBackend)? = nil) throws {
         checkpoint = try Checkpoint(folder: folder)
-        tokenizer = try SentencePieceTokenizer(contentsOf: try checkpoint.requireTokenizerPath())
+        tokenizer = try checkpoint.loadTokenizer()
         pool = ComputePool(threads: threads, cpus: cpus)
         let experts = try makeExperts?(checkpoint, pool)
             ?? LocalExperts(store: try ExpertStore.load(checkpoint), pool: pool)

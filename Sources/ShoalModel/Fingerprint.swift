@@ -23,13 +23,13 @@ public enum ModelFingerprint {
         h.add(UInt64(c.ropeTheta.bitPattern))
         for key in pairs.sorted() {
             for w in ["w1", "w2", "w3"] {
-                let (file, info) = try checkpoint.tensor(.expert(key.layer, key.expert, w))
+                let t = try checkpoint.stored(.expert(key.layer, key.expert, w))
                 h.add(UInt64(key.layer))
                 h.add(UInt64(key.expert))
                 h.add(w.utf8)
-                h.add(info.type.rawValue.utf8)
-                for d in info.shape { h.add(UInt64(d)) }
-                let bytes = file.data(info)
+                h.add(t.typeName.utf8)
+                for d in t.shape { h.add(UInt64(d)) }
+                let bytes = t.bytes
                 let sample = min(4096, bytes.count)
                 for start in [0, (bytes.count - sample) / 2, bytes.count - sample] {
                     h.add(UnsafeRawBufferPointer(rebasing: bytes[start..<(start + sample)]))

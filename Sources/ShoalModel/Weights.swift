@@ -93,4 +93,12 @@ public final class ExpertStore: Sendable {
 
     /// Bytes of weights held.
     public var byteCount: Int { experts.values.reduce(0) { $0 + $1.w1.byteCount + $1.w2.byteCount + $1.w3.byteCount } }
+
+    /// Bytes of weights held per stored type (a Q4_K_M file mixes Q4_K and Q6_K experts),
+    /// largest first.
+    public var bytesByType: [(type: DType, bytes: Int)] {
+        var total: [DType: Int] = [:]
+        for e in experts.values { for m in [e.w1, e.w2, e.w3] { total[m.dtype, default: 0] += m.byteCount } }
+        return total.map { ($0.key, $0.value) }.sorted { ($0.bytes, $0.type.rawValue) > ($1.bytes, $1.type.rawValue) }
+    }
 }

@@ -1,14 +1,60 @@
-/// The element types Shoal reads from checkpoints and keeps in memory.
+import CShoalKernels
+
+/// The element types Shoal reads from checkpoints and keeps in memory: floats, and ggml's block
+/// formats, in which `blockWeights` consecutive weights of a row share one block of
+/// `blockBytes` bytes (scales and quantized values; `ggml-common.h`).
 public enum DType: String, Sendable, CaseIterable {
     case f32 = "F32"
     case bf16 = "BF16"
     case f16 = "F16"
+    case q8_0 = "Q8_0"
+    case q4_0 = "Q4_0"
+    case q4_K = "Q4_K"
+    case q5_K = "Q5_K"
+    case q6_K = "Q6_K"
 
-    /// Bytes per element.
-    public var size: Int {
+    /// Weights per block: 1 for the float types, 32 for Q8_0 and Q4_0, 256 for the K-quants.
+    public var blockWeights: Int {
+        switch self {
+        case .f32, .bf16, .f16: return 1
+        case .q8_0, .q4_0: return 32
+        case .q4_K, .q5_K, .q6_K: return 256
+        }
+    }
+
+    /// Bytes per block (per weight for the float types).
+    public var blockBytes: Int {
         switch self {
         case .f32: return 4
         case .bf16, .f16: return 2
+        case .q8_0: return 34
+        case .q4_0: return 18
+        case .q4_K: return 144
+        case .q5_K: return 176
+        case .q6_K: return 210
+        }
+    }
+
+    /// Whether weights are stored in blocks with shared scales (Q8_0 and below).
+    public var isQuantized: Bool { blockWeights > 1 }
+
+    /// Bytes of a row of `cols` weights; `cols` must be a whole number of blocks.
+    public func rowBytes(_ cols: Int) -> Int { cols / blockWeights * blockBytes }
+
+    /// Average bits per weight (8.5 for Q8_0, 4.5 for Q4_K).
+    public var bitsPerWeight: Double { Double(blockBytes * 8) / Double(blockWeights) }
+
+    /// The kernels' code for this type (`SHOAL_W_*`); f16 is widened to f32 at load.
+    var kernelType: Int32 {
+        switch self {
+        case .f32: return Int32(SHOAL_W_F32)
+        case .bf16: return Int32(SHOAL_W_BF16)
+        case .f16: preconditionFailure("f16 weights are widened to f32 at load")
+        case .q8_0: return Int32(SHOAL_W_Q8_0)
+        case .q4_0: return Int32(SHOAL_W_Q4_0)
+        case .q4_K: return Int32(SHOAL_W_Q4_K)
+        case .q5_K: return Int32(SHOAL_W_Q5_K)
+        case .q6_K: return Int32(SHOAL_W_Q6_K)
         }
     }
 }

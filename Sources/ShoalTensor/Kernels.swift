@@ -67,7 +67,7 @@ public enum Kernels {
         pool.parallelFor(parts) { part in
             var start = 0
             for job in jobs {
-                let cost = job.matrix.cols * job.matrix.dtype.size
+                let cost = job.matrix.rowBytes
                 let rows = share(of: part, parts: parts, total: bytes, start: start,
                                  rowCost: cost, rowCount: job.matrix.rows)
                 if !rows.isEmpty { gemv(job, rows: rows) }
@@ -156,31 +156,14 @@ public enum Kernels {
 
     static func gemv(_ job: MatVec, rows: Range<Int>) {
         let W = job.matrix
-        switch W.dtype {
-        case .f32:
-            shoal_gemv_f32(W.base.assumingMemoryBound(to: Float.self), W.cols, job.x, job.y,
-                           rows.lowerBound, rows.upperBound)
-        case .bf16:
-            shoal_gemv_bf16(W.base.assumingMemoryBound(to: UInt16.self), W.cols, job.x, job.y,
-                            rows.lowerBound, rows.upperBound)
-        case .f16:
-            preconditionFailure("f16 weights are widened to f32 at load")
-        }
+        shoal_gemv(W.dtype.kernelType, W.base, W.cols, job.x, job.y, rows.lowerBound, rows.upperBound)
     }
 
     static func gemm(_ job: MatMul, rows: Range<Int>) {
         let W = job.matrix
         precondition(job.n >= 0 && (job.n <= 1 || (job.ldx >= W.cols && job.ldy >= W.rows)),
                      "MatMul rows overlap: ldx < cols or ldy < rows")
-        switch W.dtype {
-        case .f32:
-            shoal_gemm_f32(W.base.assumingMemoryBound(to: Float.self), W.cols, job.x, job.ldx,
-                           job.n, job.y, job.ldy, rows.lowerBound, rows.upperBound)
-        case .bf16:
-            shoal_gemm_bf16(W.base.assumingMemoryBound(to: UInt16.self), W.cols, job.x, job.ldx,
-                            job.n, job.y, job.ldy, rows.lowerBound, rows.upperBound)
-        case .f16:
-            preconditionFailure("f16 weights are widened to f32 at load")
-        }
+        shoal_gemm(W.dtype.kernelType, W.base, W.cols, job.x, job.ldx, job.n, job.y, job.ldy,
+                   rows.lowerBound, rows.upperBound)
     }
 }

@@ -1,8 +1,11 @@
+import CShoalKernels
+
 /// A read-only row-major weight matrix `[rows, cols]` whose storage lives elsewhere
-/// (a mapped checkpoint file or an owned buffer). Kernels read it in its stored dtype.
+/// (a mapped checkpoint file or an owned buffer). Kernels read it in its stored dtype; a
+/// block-quantized row is `cols / blockWeights` consecutive blocks.
 ///
 /// `@unchecked Sendable`: the storage is immutable for the matrix's lifetime and whoever
-/// made the matrix keeps it alive (see `SafetensorsFile`, `OwnedBuffer`).
+/// made the matrix keeps it alive (see `SafetensorsFile`, `GGUFFile`).
 public struct Matrix: @unchecked Sendable {
     public let dtype: DType
     public let rows: Int
@@ -11,35 +14,37 @@ public struct Matrix: @unchecked Sendable {
 
     public init(dtype: DType, rows: Int, cols: Int, base: UnsafeRawPointer) {
         precondition(dtype != .f16, "f16 weights are widened to f32 at load")
+        precondition(cols % dtype.blockWeights == 0, "\(dtype.rawValue) rows hold whole blocks")
         self.dtype = dtype
         self.rows = rows
         self.cols = cols
         self.base = base
     }
 
-    /// Bytes of weights this matrix streams through a kernel.
-    public var byteCount: Int { rows * cols * dtype.size }
+    /// Bytes of one row.
+    public var rowBytes: Int { dtype.rowBytes(cols) }
 
-    /// Element `(r, c)` widened to Float (slow: for tests and small lookups).
-    @inline(__always)
+    /// Bytes of weights this matrix streams through a kernel.
+    public var byteCount: Int { rows * rowBytes }
+
+    /// Element `(r, c)` widened or dequantized to Float by the plain reference
+    /// (`BlockFormat`): slow, for tests and the reference kernels.
     public func element(_ r: Int, _ c: Int) -> Float {
-        let i = r * cols + c
+        let row = base + r * rowBytes
         switch dtype {
-        case .f32: return base.load(fromByteOffset: i * 4, as: Float.self)
-        case .bf16: return bf16ToFloat(base.load(fromByteOffset: i * 2, as: UInt16.self))
+        case .f32: return row.loadUnaligned(fromByteOffset: c * 4, as: Float.self)
+        case .bf16: return bf16ToFloat(row.loadUnaligned(fromByteOffset: c * 2, as: UInt16.self))
         case .f16: fatalError("unreachable")
+        case .q8_0, .q4_0, .q4_K, .q5_K, .q6_K:
+            let block = row + c / dtype.blockWeights * dtype.blockBytes
+            return BlockFormat.weight(dtype, block: UnsafeRawBufferPointer(start: block, count: dtype.blockBytes),
+                                      index: c % dtype.blockWeights)
         }
     }
 
-    /// Copies row `r` widened to Float into `out[0..<cols]` (embedding lookups).
+    /// Copies row `r` widened or dequantized to Float into `out[0..<cols]` (embedding lookups),
+    /// with the values the kernels multiply by.
     public func copyRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
-        switch dtype {
-        case .f32:
-            out.update(from: (base + r * cols * 4).assumingMemoryBound(to: Float.self), count: cols)
-        case .bf16:
-            let row = (base + r * cols * 2).assumingMemoryBound(to: UInt16.self)
-            for c in 0..<cols { out[c] = bf16ToFloat(row[c]) }
-        case .f16: fatalError("unreachable")
-        }
+        shoal_dequantize(dtype.kernelType, base + r * rowBytes, cols, out)
     }
 }

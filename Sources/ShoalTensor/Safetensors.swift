@@ -94,7 +94,7 @@ public final class SafetensorsFile: @unchecked Sendable {
         guard length >= 8 else {
             throw SafetensorsError.truncated(file: name, detail: "\(length) bytes, shorter than the 8-byte header length")
         }
-        guard let p = Self.mapHugeAligned(fd: fd, length: length) else {
+        guard let p = mapHugeAligned(fd: fd, length: length) else {
             throw SafetensorsError.unreadable(file: name, reason: "mmap: " + String(cString: strerror(errno)))
         }
         mapping = p
@@ -114,29 +114,6 @@ public final class SafetensorsFile: @unchecked Sendable {
     }
 
     deinit { munmap(mapping, mappedLength) }
-
-    /// Maps the file read-only at a 2 MiB-aligned address and asks for huge pages: the kernel
-    /// can then back the mapping with 2 MiB page-cache folios, so streaming weights during
-    /// decode does not pay a TLB miss every 4 KiB.
-    private static func mapHugeAligned(fd: Int32, length: Int) -> UnsafeMutableRawPointer? {
-        let huge = 2 << 20
-        guard let reserved = mmap(nil, length + huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
-              reserved != MAP_FAILED
-        else { return nil }
-        let start = (Int(bitPattern: reserved) + huge - 1) / huge * huge
-        let head = start - Int(bitPattern: reserved)
-        if head > 0 { munmap(reserved, head) }
-        let tail = huge - head
-        if tail > 0 { munmap(UnsafeMutableRawPointer(bitPattern: start + length), tail) }
-        guard let p = mmap(UnsafeMutableRawPointer(bitPattern: start), length, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0),
-              p != MAP_FAILED
-        else {
-            munmap(UnsafeMutableRawPointer(bitPattern: start), length)
-            return nil
-        }
-        _ = madvise(p, length, 14)  // MADV_HUGEPAGE
-        return p
-    }
 
     /// The raw bytes of a tensor, valid as long as this file object lives.
     public func data(_ info: TensorInfo) -> UnsafeRawBufferPointer {
@@ -231,4 +208,27 @@ public final class SafetensorsFile: @unchecked Sendable {
         }
         return TensorInfo(name: name, type: type, shape: shape, range: offsets[0]..<offsets[1])
     }
+}
+
+/// Maps a file read-only at a 2 MiB-aligned address and asks for huge pages: the kernel
+/// can then back the mapping with 2 MiB page-cache folios, so streaming weights during
+/// decode does not pay a TLB miss every 4 KiB.
+func mapHugeAligned(fd: Int32, length: Int) -> UnsafeMutableRawPointer? {
+    let huge = 2 << 20
+    guard let reserved = mmap(nil, length + huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+          reserved != MAP_FAILED
+    else { return nil }
+    let start = (Int(bitPattern: reserved) + huge - 1) / huge * huge
+    let head = start - Int(bitPattern: reserved)
+    if head > 0 { munmap(reserved, head) }
+    let tail = huge - head
+    if tail > 0 { munmap(UnsafeMutableRawPointer(bitPattern: start + length), tail) }
+    guard let p = mmap(UnsafeMutableRawPointer(bitPattern: start), length, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0),
+          p != MAP_FAILED
+    else {
+        munmap(UnsafeMutableRawPointer(bitPattern: start), length)
+        return nil
+    }
+    _ = madvise(p, length, 14)  // MADV_HUGEPAGE
+    return p
 }

@@ -50,6 +50,9 @@ struct ModelProto {
 
     /// Parses `bytes` as a `ModelProto`. Unknown fields are skipped, as protobuf does;
     /// repeated occurrences of a sub-message merge into one, also as protobuf does.
+    /// A model with the proto defaults and no pieces.
+    init() {}
+
     init(parsing bytes: ArraySlice<UInt8>) throws(TokenizerError) {
         var reader = WireReader(bytes, context: "ModelProto")
         while let (field, value) = try reader.next() {

@@ -57,9 +57,45 @@ public final class SentencePieceTokenizer: Sendable {
 
     /// Parses a serialized `ModelProto`. Only BPE models with the identity normalizer are accepted;
     /// anything malformed throws `TokenizerError`.
-    public init(modelData: [UInt8]) throws {
+    public convenience init(modelData: [UInt8]) throws {
         guard !modelData.isEmpty else { throw TokenizerError.malformedModel("the model is empty (0 bytes)") }
-        let model = try ModelProto(parsing: modelData[...])
+        try self.init(model: try ModelProto(parsing: modelData[...]))
+    }
+
+    /// The SentencePiece BPE model a GGUF file's `tokenizer.ggml.model = llama` vocabulary
+    /// stands for: its pieces, scores and types (GGUF's token types are SentencePiece's piece
+    /// types), with the settings of the Llama and Mistral models, which GGUF does not store:
+    /// byte fallback when the vocabulary has byte pieces, digits split, spaces kept as they are,
+    /// a dummy `▁` prefix unless `addDummyPrefix` is false (`tokenizer.ggml.add_space_prefix`).
+    public convenience init(llamaVocabulary pieces: [String], scores: [Float], types: [Int],
+                            bosId: Int, eosId: Int, addDummyPrefix: Bool = true) throws {
+        guard pieces.count == scores.count, pieces.count == types.count else {
+            throw TokenizerError.invalidVocabulary(
+                "\(pieces.count) tokens, \(scores.count) scores and \(types.count) token types")
+        }
+        var model = ModelProto()
+        model.modelType = 2
+        model.pieces = try pieces.indices.map { id in
+            guard let type = PieceType(rawValue: types[id]) else {
+                throw TokenizerError.invalidVocabulary("token \(id) has unknown token type \(types[id])")
+            }
+            return ModelProto.Piece(piece: pieces[id], score: scores[id], type: type)
+        }
+        model.byteFallback = model.pieces.contains { $0.type == .byte }
+        model.splitDigits = true
+        model.addDummyPrefix = addDummyPrefix
+        model.removeExtraWhitespaces = false
+        for (id, role) in [(bosId, "BOS"), (eosId, "EOS")] where id >= 0 {
+            guard pieces.indices.contains(id) else {
+                throw TokenizerError.invalidVocabulary("the \(role) id \(id) is outside the \(pieces.count) tokens")
+            }
+        }
+        model.bosPiece = bosId >= 0 ? pieces[bosId] : ""
+        model.eosPiece = eosId >= 0 ? pieces[eosId] : ""
+        try self.init(model: model)
+    }
+
+    init(model: ModelProto) throws {
         guard model.modelType == 2 else { throw TokenizerError.unsupportedModelType(model.modelType) }
         guard !model.hasPrecompiledCharsmap else {
             throw TokenizerError.unsupportedNormalizer(model.normalizerName.isEmpty ? "precompiled" : model.normalizerName)

@@ -31,6 +31,23 @@ import ShoalModel
         #expect(local.greedy.allSatisfy { $0.count == 24 })
     }
 
+    /// A GGUF model across workers, each mapping its experts' slices of the merged tensors (or
+    /// the per-expert tensors of the legacy layout): bit-identical to one process on the file.
+    @Test(arguments: ["Q4_K_M/q-small.Q4_K_M.gguf", "Q4_K_M-legacy/q-small.Q4_K_M.legacy.gguf"])
+    func ggufF32WireIsBitIdentical(file: String) async throws {
+        let path = try Fixtures.path("gguf/q-small/\(file)")
+        let prompts = try Fixtures.prompts("tiny-f32")  // its first three are the GGUF fixtures' prompts
+        let cluster = try LocalCluster(folder: path, specs: ["0-2", "3-5", "6-7"])
+        let addresses = cluster.addresses
+        let (remote, local) = try await offPool { () -> (Run, Run) in
+            (try Run(try clusterEngine(path, addresses), prompts), try Run(try Engine(folder: path, threads: 1), prompts))
+        }
+        await cluster.stop()
+        #expect(remote.logits == local.logits, "\(file): prefill logits differ")
+        #expect(remote.greedy == local.greedy, "\(file): greedy tokens differ")
+        #expect(local.greedy.allSatisfy { $0.count == 24 })
+    }
+
     /// The coordinator may use the other layout of the same model than its workers: the
     /// fingerprint names tensors by role, and experts are stored alike in both.
     @Test func mistralCoordinatorWithHuggingFaceWorkers() async throws {

@@ -423,7 +423,7 @@ final class TestMatrix {
     private init(_ dtype: DType, rows: Int, cols: Int, value: (Int) -> Float) {
         let count = rows * cols
         // Odd byte offset from the allocation's alignment: kernels must not assume aligned rows.
-        storage = .allocate(byteCount: count * dtype.size + 64, alignment: 64)
+        storage = .allocate(byteCount: dtype.rowBytes(count) + 64, alignment: 64)
         let base = storage + (dtype == .bf16 ? 2 : 4)
         for i in 0..<count {
             if dtype == .bf16 {

@@ -1,7 +1,8 @@
-// Shoal's CPU kernels: float32 arithmetic over f32 or bf16 weights, one implementation per
-// instruction set (AVX-512, AVX2+FMA, portable baseline) chosen once at run time by CPUID.
-// bf16 weights are widened inside the kernels (zero-extend, shift left 16); inputs and
-// outputs are always float32.
+// Shoal's CPU kernels: float32 arithmetic over f32, bf16 or block-quantized (ggml Q8_0, Q4_0,
+// Q4_K, Q5_K, Q6_K) weights, one implementation per instruction set (AVX-512, AVX2+FMA,
+// portable baseline) chosen once at run time by CPUID. Weights are widened or dequantized
+// inside the kernels, a vector at a time; inputs, outputs and accumulation are always float32,
+// so a quantized matrix computes exactly the function of its dequantized weights.
 #ifndef C_SHOAL_KERNELS_H
 #define C_SHOAL_KERNELS_H
 
@@ -17,6 +18,19 @@ enum {
     SHOAL_ISA_GENERIC = 0,
     SHOAL_ISA_AVX2 = 1,
     SHOAL_ISA_AVX512 = 2,
+};
+
+/// Weight storage types (`shoal_gemv`, `shoal_gemm`, `shoal_dequantize`). The block types are
+/// ggml's (`ggml-common.h`): Q8_0 34 bytes / 32 weights, Q4_0 18 / 32, Q4_K 144 / 256,
+/// Q5_K 176 / 256, Q6_K 210 / 256; rows hold whole blocks.
+enum {
+    SHOAL_W_F32 = 0,
+    SHOAL_W_BF16 = 1,
+    SHOAL_W_Q8_0 = 2,
+    SHOAL_W_Q4_0 = 3,
+    SHOAL_W_Q4_K = 4,
+    SHOAL_W_Q5_K = 5,
+    SHOAL_W_Q6_K = 6,
 };
 
 /// Rows a kernel call should start on a multiple of (counting from row 0) for full tiles.
@@ -58,6 +72,20 @@ void shoal_gemm_f32(const float *w, size_t cols, const float *x, size_t ldx, siz
 /// Y[t*ldy + r] = W[r,:] · X[t*ldx + 0..<cols] for r in [r0, r1), t in [0, n); W bfloat16.
 void shoal_gemm_bf16(const uint16_t *w, size_t cols, const float *x, size_t ldx, size_t n,
                      float *y, size_t ldy, size_t r0, size_t r1);
+
+/// y[r] = W[r,:] · x for r in [r0, r1); W is row-major [rows, cols] of weight type `wt`
+/// (SHOAL_W_*); for block types `cols` is a multiple of the block's weights.
+void shoal_gemv(int wt, const void *w, size_t cols, const float *x, float *y, size_t r0,
+                size_t r1);
+
+/// Y[t*ldy + r] = W[r,:] · X[t*ldx + 0..<cols] for r in [r0, r1), t in [0, n); W of type `wt`.
+/// Each token's result is bit-identical to `shoal_gemv` on that token alone.
+void shoal_gemm(int wt, const void *w, size_t cols, const float *x, size_t ldx, size_t n,
+                float *y, size_t ldy, size_t r0, size_t r1);
+
+/// out[0..<n] = the first n weights at `w` (a row start) as float32, bit-identical to what the
+/// kernels multiply by. For block types n is a multiple of the block's weights.
+void shoal_dequantize(int wt, const void *w, size_t n, float *out);
 
 /// a · b over n floats.
 float shoal_dot_f32(const float *a, const float *b, size_t n);
