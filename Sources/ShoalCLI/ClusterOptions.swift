@@ -16,6 +16,8 @@ struct ClusterOptions: ParsableArguments {
     var rpcTimeout: Double = 30
     @Option(help: "CPUs to pin this process's compute threads to, e.g. 0,1 (the forward pass on the first, helpers on the next ones); for a coordinator sharing its machine with workers. Default: not pinned.")
     var cpus: String?
+    @Option(help: "Quantize the checkpoint's float weights as they load, as `shoal quantize --type` would write them (\(QuantizationMix.allCases.map(\.rawValue).joined(separator: ", "))).")
+    var quantize: QuantizationMix?
 
     func validate() throws {
         guard rpcTimeout > 0 else { throw ValidationError("--rpc-timeout must be positive") }
@@ -36,9 +38,11 @@ struct ClusterOptions: ParsableArguments {
     /// `startWithMissingPairs`: a service starts before its workers are all up.
     func engine(folder: String, threads: Int, startWithMissingPairs: Bool = false) throws -> Engine {
         let cpus = try parseCPUs(cpus)
-        guard let addresses = try addresses() else { return try Engine(folder: folder, threads: threads, cpus: cpus) }
-        return try clusterEngine(folder: folder, threads: threads, cpus: cpus, workers: addresses, wire: wireDType.value,
-                                 timeoutSeconds: rpcTimeout, startWithMissingPairs: startWithMissingPairs)
+        guard let addresses = try addresses() else {
+            return try Engine(folder: folder, threads: threads, cpus: cpus, quantize: quantize)
+        }
+        return try clusterEngine(folder: folder, threads: threads, cpus: cpus, quantize: quantize, workers: addresses,
+                                 wire: wireDType.value, timeoutSeconds: rpcTimeout, startWithMissingPairs: startWithMissingPairs)
     }
 
     static func isHostPort(_ s: String) -> Bool {
@@ -49,14 +53,14 @@ struct ClusterOptions: ParsableArguments {
 }
 
 /// A coordinator over `folder` whose experts are on `workers`; warnings go to stderr.
-func clusterEngine(folder: String, threads: Int, cpus: [Int] = [], workers: [String], wire: WireDType,
+func clusterEngine(folder: String, threads: Int, cpus: [Int] = [], quantize: QuantizationMix? = nil, workers: [String], wire: WireDType,
                    timeoutSeconds: Double = 30, startWithMissingPairs: Bool = false) throws -> Engine {
     var options = RemoteExperts.Options()
     options.startWithMissingPairs = startWithMissingPairs
     options.wireDType = wire
     options.timeout = .milliseconds(Int64(timeoutSeconds * 1000))
     options.helloTimeout = min(options.timeout, .seconds(10))
-    return try Engine(folder: folder, threads: threads, cpus: cpus) { checkpoint, pool in
+    return try Engine(folder: folder, threads: threads, cpus: cpus, quantize: quantize) { checkpoint, pool in
         try RemoteExperts(checkpoint: checkpoint, workers: workers, options: options, pool: pool) {
             printErr("warning: \($0)")
         }

@@ -8,7 +8,7 @@ public struct ShoalCommand: ParsableCommand {
         abstract: "Run Mixtral-architecture models exactly, on one machine or across several.",
         subcommands: [
             DemoCommand.self, ServeCommand.self, WorkerCommand.self, GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self,
-            DetokenizeCommand.self, SynthCommand.self, BenchCommand.self, KernelBenchCommand.self, LoadCommand.self, ChatCommand.self,
+            DetokenizeCommand.self, SynthCommand.self, QuantizeCommand.self, BenchCommand.self, KernelBenchCommand.self, LoadCommand.self, ChatCommand.self,
         ])
 
     public init() {}

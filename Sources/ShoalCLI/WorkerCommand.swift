@@ -28,6 +28,8 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
     @Option(help: "Seconds running calls get to finish at shutdown.") var grace: Double = 5
+    @Option(help: "Quantize the experts' float weights as they load, as `shoal quantize --type` would write them (\(QuantizationMix.allCases.map(\.rawValue).joined(separator: ", "))); the coordinator must say the same.")
+    var quantize: QuantizationMix?
     @Option(help: "CPUs to pin the compute threads to, e.g. 1,0 (the thread serving calls on the first, helpers on the next ones); for workers sharing a machine. Default: not pinned.")
     var cpus: String?
 
@@ -42,7 +44,7 @@ struct WorkerCommand: ParsableCommand {
         try reportingErrors {
             bootstrapLogging(logLevel)
             let logger = Logger(label: "shoal.worker")
-            let checkpoint = try Checkpoint(folder: model)
+            let checkpoint = try Checkpoint(folder: model, quantize: quantize)
             let config = checkpoint.config
             let pairs = try ExpertSpec(experts).pairs(layers: config.layers, experts: config.experts)
             let cpus = try parseCPUs(self.cpus)

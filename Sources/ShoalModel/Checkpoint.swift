@@ -74,11 +74,23 @@ struct StoredTensor {
     let bytes: UnsafeRawBufferPointer
 
     /// Asks the kernel to read these bytes ahead.
-    func willNeed() {
+    func willNeed() { advise(MADV_WILLNEED) }
+
+    /// Unmaps these bytes' pages from this process (they stay in the page cache): for weights
+    /// that were copied, so they no longer count in its resident memory. Only whole pages
+    /// inside the tensor are dropped, never a neighbour's.
+    func dontNeed() {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (Int(bitPattern: base) + page - 1) / page * page, end = (Int(bitPattern: base) + bytes.count) / page * page
+        if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED) }
+    }
+
+    private func advise(_ advice: Int32) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = Int(bitPattern: base) / page * page
-        _ = madvise(UnsafeMutableRawPointer(bitPattern: start), Int(bitPattern: base) + bytes.count - start, MADV_WILLNEED)
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: start), Int(bitPattern: base) + bytes.count - start, advice)
     }
 }
 
@@ -97,15 +109,21 @@ public final class Checkpoint: @unchecked Sendable {
     public let tokenizerPath: String?
     /// The GGUF file, for a `.gguf` layout.
     public let gguf: GGUFFile?
+    /// Float weights are quantized as they are loaded, by this mix (`--quantize`); weights
+    /// already quantized in the file stay as they are.
+    public let quantization: QuantizationMix?
     /// Tensor name → file name inside `folder` (safetensors layouts).
     private let fileOf: [String: String]
     private var opened: [String: SafetensorsFile] = [:]
-    /// f16 weights widened to f32, owned here.
-    private var widened: [UnsafeMutableRawPointer] = []
+    /// Weights made at load (f16 widened to f32, quantized copies), owned here.
+    private var owned: [UnsafeMutableRawPointer] = []
+    /// Threads that quantize rows at load, one per core, made on first use.
+    private lazy var quantizingPool = ComputePool(threads: max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
 
     /// Opens `folder`: a Hugging Face or Mistral folder, or a GGUF file (the name is kept for the
-    /// callers that only ever passed folders).
-    public init(folder: String) throws {
+    /// callers that only ever passed folders). With `quantize`, float weights are quantized by
+    /// that mix when they are loaded, as `shoal quantize` would write them.
+    public init(folder: String, quantize: QuantizationMix? = nil) throws {
         self.folder = folder
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), !isDirectory.boolValue {
@@ -115,6 +133,7 @@ public final class Checkpoint: @unchecked Sendable {
             let file = try GGUFFile(path: folder)
             gguf = file
             layout = .gguf
+            quantization = nil
             config = try GGUFNames.config(file)
             fileOf = [:]
             tokenizerPath = nil
@@ -122,6 +141,7 @@ public final class Checkpoint: @unchecked Sendable {
             return
         }
         gguf = nil
+        quantization = quantize
         let fm = FileManager.default
         let found = ((try? fm.contentsOfDirectory(atPath: folder)) ?? []).sorted()
         func has(_ name: String) -> Bool { found.contains(name) }
@@ -146,7 +166,12 @@ public final class Checkpoint: @unchecked Sendable {
         tokenizerPath = ["tokenizer.model", "tokenizer.model.v1"].first(where: has).map(path)
     }
 
-    deinit { widened.forEach { $0.deallocate() } }
+    deinit { owned.forEach { $0.deallocate() } }
+
+    /// How q/k rows pair up for RoPE in the matrices this checkpoint hands out. Quantizing at
+    /// load moves a Hugging Face folder's q/k rows to the interleaved order, as `shoal quantize`
+    /// does, so both compute the same thing in the same order.
+    public var ropeStyle: RopeStyle { quantization != nil ? .interleaved : layout.ropeStyle }
 
     /// The tokenizer beside the weights, or an error saying it is missing.
     public func requireTokenizerPath() throws -> String {
@@ -169,9 +194,12 @@ public final class Checkpoint: @unchecked Sendable {
         }
         guard let dtype = t.dtype else { throw ModelLoadError.unsupportedDType(name: t.name, dtype: t.typeName) }
         t.willNeed()
+        if let mix = quantization, !dtype.isQuantized {
+            return try quantized(tensor, t, dtype, mix.type(for: tensor, layers: config.layers), rows: rows, cols: cols)
+        }
         if dtype == .f16 {
             let out = UnsafeMutableRawPointer.allocate(byteCount: rows * cols * 4, alignment: 64)
-            widened.append(out)
+            owned.append(out)
             let f = out.bindMemory(to: Float.self, capacity: rows * cols)
             for i in 0..<(rows * cols) {
                 f[i] = Float(Float16(bitPattern: t.bytes.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)))
@@ -179,6 +207,50 @@ public final class Checkpoint: @unchecked Sendable {
             return Matrix(dtype: .f32, rows: rows, cols: cols, base: UnsafeRawPointer(out))
         }
         return Matrix(dtype: dtype, rows: rows, cols: cols, base: t.bytes.baseAddress!)
+    }
+
+    /// A float matrix quantized row by row into memory owned here (q/k rows moved to the
+    /// interleaved order when the file has them in the half-split one); the file's pages are
+    /// then dropped from this process.
+    private func quantized(_ tensor: TensorName, _ t: StoredTensor, _ dtype: DType, _ target: DType,
+                           rows: Int, cols: Int) throws -> Matrix {
+        guard cols % target.blockWeights == 0 else {
+            throw ModelLoadError.badConfig(file: folder, detail: "\(t.name): rows of \(cols) weights cannot be quantized to \(target.rawValue) (blocks of \(target.blockWeights))")
+        }
+        var permuted: Int?
+        if layout.ropeStyle == .halfSplit {
+            if case .wq = tensor { permuted = config.heads }
+            if case .wk = tensor { permuted = config.kvHeads }
+        }
+        let heads = permuted
+        let f16 = dtype == .f16
+        let source = f16 ? nil : Matrix(dtype: dtype, rows: rows, cols: cols, base: t.bytes.baseAddress!)
+        let rowBytes = target.rowBytes(cols)
+        let out = UnsafeMutableRawPointer.allocate(byteCount: max(1, rows * rowBytes), alignment: 64)
+        owned.append(out)
+        let parts = min(rows, 64)
+        quantizingPool.parallelFor(parts) { part in
+            let row = UnsafeMutablePointer<Float>.allocate(capacity: cols)
+            defer { row.deallocate() }
+            for r in (rows * part / parts)..<(rows * (part + 1) / parts) {
+                let s = GGUFExport.sourceRow(r, heads: heads, rows: rows)
+                if let source {
+                    source.copyRow(s, into: row)
+                } else {
+                    for c in 0..<cols {
+                        row[c] = Float(Float16(bitPattern: t.bytes.loadUnaligned(fromByteOffset: (s * cols + c) * 2, as: UInt16.self)))
+                    }
+                }
+                Quantizer.quantize(target, row, count: cols, into: out + r * rowBytes)
+            }
+        }
+        t.dontNeed()
+        return Matrix(dtype: target, rows: rows, cols: cols, base: UnsafeRawPointer(out))
+    }
+
+    /// Drops a tensor's file pages from this process (after it was copied or quantized).
+    func release(_ tensor: TensorName) {
+        (try? stored(tensor))?.dontNeed()
     }
 
     /// A small vector (norm weights) copied to float32.

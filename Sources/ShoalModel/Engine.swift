@@ -11,10 +11,11 @@ public final class Engine {
 
     /// Loads `folder` (either layout) on `threads` threads, with every expert local unless
     /// `experts` makes another backend (the cluster's remote experts); then no expert tensor
-    /// of the folder is mapped here. `cpus` pins the threads (`ComputePool.init`).
-    public init(folder: String, threads: Int = Engine.defaultThreads, cpus: [Int] = [],
+    /// of the folder is mapped here. `cpus` pins the threads (`ComputePool.init`); `quantize`
+    /// quantizes float weights as they load (`Checkpoint.init`).
+    public init(folder: String, threads: Int = Engine.defaultThreads, cpus: [Int] = [], quantize: QuantizationMix? = nil,
                 experts makeExperts: ((Checkpoint, ComputePool) throws -> ExpertBackend)? = nil) throws {
-        checkpoint = try Checkpoint(folder: folder)
+        checkpoint = try Checkpoint(folder: folder, quantize: quantize)
         tokenizer = try checkpoint.loadTokenizer()
         pool = ComputePool(threads: threads, cpus: cpus)
         let experts = try makeExperts?(checkpoint, pool)

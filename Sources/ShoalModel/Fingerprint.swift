@@ -21,6 +21,8 @@ public enum ModelFingerprint {
         }
         h.add(UInt64(c.normEps.bitPattern))
         h.add(UInt64(c.ropeTheta.bitPattern))
+        // Quantizing at load is deterministic: the file's bytes and the mix make the weights.
+        if let mix = checkpoint.quantization { h.add("quantize \(mix.rawValue)".utf8) }
         for key in pairs.sorted() {
             for w in ["w1", "w2", "w3"] {
                 let t = try checkpoint.stored(.expert(key.layer, key.expert, w))

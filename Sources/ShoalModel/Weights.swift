@@ -26,7 +26,7 @@ public final class CoordinatorWeights: Sendable {
         let c = checkpoint.config
         self.checkpoint = checkpoint
         config = c
-        ropeStyle = checkpoint.layout.ropeStyle
+        ropeStyle = checkpoint.ropeStyle
         embedding = try checkpoint.matrix(.embedding, rows: c.vocabSize, cols: c.dim)
         output = c.tiedEmbeddings ? embedding : try checkpoint.matrix(.output, rows: c.vocabSize, cols: c.dim)
         finalNorm = try checkpoint.vector(.finalNorm, count: c.dim)
