@@ -5,9 +5,13 @@
 //   SHOAL_TT         tokens per GEMM register tile (of RT = 4 rows)
 //   SHOAL_ATTR       the function attribute selecting the instruction set, or nothing
 //   SHOAL_TABLE      name of the shoal_kernel_table this instantiation exports
+//   SHOAL_F16C       1 where SHOAL_ATTR enables F16C (binary16 conversions in one instruction)
 //   SHOAL_ISA_NAME, SHOAL_ISA_LEVEL
 #include <math.h>
 #include <stdlib.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "kernel_table.h"
 
@@ -84,6 +88,9 @@ INLINE vf load_bf16(const uint16_t *p) {
 // a float 2^112 too small, normal and subnormal halves alike, and one multiply by a power of
 // two rescales them without rounding; Inf and NaN keep an all-ones exponent.
 INLINE float half_to_float(uint16_t h) {
+#if SHOAL_F16C
+    return _cvtsh_ss(h);  // F16C, exact
+#endif
     uint32_t bits = (uint32_t)(h & 0x7fff) << 13;
     float f;
     if ((h & 0x7c00) == 0x7c00) {
@@ -122,74 +129,99 @@ INLINE size_t line_weights(int wt) {
     return wt == SHOAL_W_F32 ? 16 : wt <= SHOAL_W_Q8_0 ? 32 : 64;
 }
 
-// The 6-bit scale and min of sub-block j of a Q4_K / Q5_K block (ggml's get_scale_min_k4).
-INLINE void scale_min_k4(int j, const uint8_t *q, float *sc, float *m) {
-    if (j < 4) {
-        *sc = (float)(q[j] & 63);
-        *m = (float)(q[j + 4] & 63);
-    } else {
-        *sc = (float)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        *m = (float)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+// A block's multipliers, decoded once per block: Q8_0 / Q4_0 a[0] = d; Q4_K / Q5_K per 32-weight
+// sub-block j, a[j] = d·scale_j and b[j] = dmin·min_j; Q6_K per 16-weight sub-block j,
+// a[j] = d·scale_j. Each product is the float32 ggml's dequantize_row_* forms first.
+typedef struct { float a[16], b[8]; } block_head;
+
+INLINE void decode_head(int wt, const uint8_t *b, block_head *h) {
+#pragma clang fp contract(off)
+    switch (wt) {
+    case SHOAL_W_Q8_0:
+    case SHOAL_W_Q4_0:
+        h->a[0] = half_to_float(load_u16(b));
+        break;
+    case SHOAL_W_Q4_K:
+    case SHOAL_W_Q5_K: {
+        // ggml's get_scale_min_k4 for all 8 sub-blocks at once: j < 4 takes q[j] & 63 and q[j+4] & 63;
+        // j >= 4 the nibbles of q[j+4] with the top two bits of q[j-4] and q[j].
+        typedef uint8_t u8x16 __attribute__((ext_vector_type(16)));
+        typedef uint8_t u8x8 __attribute__((ext_vector_type(8)));
+        typedef float f8 __attribute__((ext_vector_type(8)));
+        u8x16 q = 0;
+        __builtin_memcpy(&q, b + 4, 12);
+        const u8x8 first = {0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0};
+        u8x8 sc_low = SHUFFLE(q, q, 0, 1, 2, 3, 8, 9, 10, 11), m_low = SHUFFLE(q, q, 4, 5, 6, 7, 8, 9, 10, 11);
+        u8x8 sc_top = (SHUFFLE(q, q, 0, 1, 2, 3, 0, 1, 2, 3) >> 6) << 4, m_top = (SHUFFLE(q, q, 0, 1, 2, 3, 4, 5, 6, 7) >> 6) << 4;
+        u8x8 sc = ((sc_low & 63) & first) | (((sc_low & 0xF) | sc_top) & ~first);
+        u8x8 m = ((m_low & 63) & first) | (((m_low >> 4) | m_top) & ~first);
+        f8 a = __builtin_convertvector(sc, f8) * half_to_float(load_u16(b));
+        f8 mins = __builtin_convertvector(m, f8) * half_to_float(load_u16(b + 2));
+        __builtin_memcpy(h->a, &a, sizeof a);
+        __builtin_memcpy(h->b, &mins, sizeof mins);
+        break;
+    }
+    default: {  // Q6_K: d is last
+        typedef int8_t i8x16 __attribute__((ext_vector_type(16)));
+        typedef float f16v __attribute__((ext_vector_type(16)));
+        i8x16 sc;
+        __builtin_memcpy(&sc, b + 192, sizeof sc);
+        f16v a = half_to_float(load_u16(b + 208)) * __builtin_convertvector(sc, f16v);
+        __builtin_memcpy(h->a, &a, sizeof a);
+    }
+    }
+}
+
+// Weights o ..< o + VW of a block (o a multiple of VW; a constant where the caller unrolls),
+// computed as ggml's dequantize_row_* computes them, in the same order, with contraction off:
+// an FMA here would round differently from the dequantized weights the references use.
+INLINE vf block_vec(int wt, const uint8_t *b, size_t o, const block_head *h) {
+#pragma clang fp contract(off)
+    switch (wt) {
+    case SHOAL_W_Q8_0: {  // d, int8 qs[32]
+        vsb q;
+        __builtin_memcpy(&q, b + 2 + o, sizeof q);
+        return __builtin_convertvector(q, vf) * h->a[0];
+    }
+    case SHOAL_W_Q4_0: {  // d, qs[16]: weight j the low nibble of qs[j], j + 16 its high nibble
+        vb q = load_bytes(b + 2 + (o & 15));
+        vb nibble = o < 16 ? q & 15 : q >> 4;
+        return (__builtin_convertvector(nibble, vf) - 8.0f) * h->a[0];
+    }
+    case SHOAL_W_Q4_K: {  // d, dmin, scales[12], qs[128]: chunk o/64's low nibbles, then its high ones
+        const size_t s = o / 32;
+        vb q = load_bytes(b + 16 + 32 * (o / 64) + o % 32);
+        vb nibble = (s & 1) ? q >> 4 : q & 15;
+        return h->a[s] * __builtin_convertvector(nibble, vf) - h->b[s];
+    }
+    case SHOAL_W_Q5_K: {  // d, dmin, scales[12], qh[32], qs[128]; bit s of qh[l] is the fifth bit
+        const size_t s = o / 32;
+        vb q = load_bytes(b + 48 + 32 * (o / 64) + o % 32);
+        vb high = load_bytes(b + 16 + o % 32);
+        vb nibble = (s & 1) ? q >> 4 : q & 15;
+        vb fifth = ((high >> (uint8_t)s) & 1) << 4;
+        return h->a[s] * __builtin_convertvector(nibble | fifth, vf) - h->b[s];
+    }
+    default: {  // Q6_K: ql[128], qh[64], int8 scales[16], d; two halves of 128
+        const size_t half = o / 128, quarter = (o % 128) / 32, l = o % 32;
+        vb low = load_bytes(b + 64 * half + 32 * (quarter & 1) + l);
+        vb high = load_bytes(b + 128 + 32 * half + l);
+        vb nibble = quarter >= 2 ? low >> 4 : low & 15;
+        vb top = ((high >> (uint8_t)(2 * quarter)) & 3) << 4;
+        vf q = __builtin_convertvector(nibble | top, vf) - 32.0f;
+        return h->a[8 * half + l / 16 + 2 * quarter] * q;
+    }
     }
 }
 
 // VW weights of a block format starting at weight i of the matrix (i a multiple of VW; blocks
-// follow each other across rows). Each value is computed as ggml's dequantize_row_* computes it,
-// in the same order, and contraction is off inside these functions: an FMA here would round
-// differently from the dequantized weights the references use.
-INLINE vf load_q8_0(const uint8_t *w, size_t i) {
-    const uint8_t *b = w + i / 32 * 34;  // d, int8 qs[32]
-    vsb q;
-    __builtin_memcpy(&q, b + 2 + i % 32, sizeof q);
-    return __builtin_convertvector(q, vf) * half_to_float(load_u16(b));
-}
-
-INLINE vf load_q4_0(const uint8_t *w, size_t i) {
-    const uint8_t *b = w + i / 32 * 18;  // d, uint8 qs[16]: weight j low nibble, j + 16 high
-    const size_t o = i % 32;
-    vb q = load_bytes(b + 2 + (o & 15));
-    vb nibble = o < 16 ? q & 15 : q >> 4;
-    return (__builtin_convertvector(nibble, vf) - 8.0f) * half_to_float(load_u16(b));
-}
-
-INLINE vf load_q4_K(const uint8_t *w, size_t i) {
-#pragma clang fp contract(off)
-    const uint8_t *b = w + i / 256 * 144;  // d, dmin, scales[12], qs[128]
-    const size_t o = i % 256;
-    const int s = (int)(o / 32);  // sub-block: chunk o/64's low nibbles, then its high ones
-    float sc, m;
-    scale_min_k4(s, b + 4, &sc, &m);
-    const float d1 = half_to_float(load_u16(b)) * sc, m1 = half_to_float(load_u16(b + 2)) * m;
-    vb q = load_bytes(b + 16 + 32 * (o / 64) + o % 32);
-    vb nibble = (s & 1) ? q >> 4 : q & 15;
-    return d1 * __builtin_convertvector(nibble, vf) - m1;
-}
-
-INLINE vf load_q5_K(const uint8_t *w, size_t i) {
-#pragma clang fp contract(off)
-    const uint8_t *b = w + i / 256 * 176;  // d, dmin, scales[12], qh[32], qs[128]
-    const size_t o = i % 256;
-    const int s = (int)(o / 32);
-    float sc, m;
-    scale_min_k4(s, b + 4, &sc, &m);
-    const float d1 = half_to_float(load_u16(b)) * sc, m1 = half_to_float(load_u16(b + 2)) * m;
-    vb q = load_bytes(b + 48 + 32 * (o / 64) + o % 32);
-    vb high = load_bytes(b + 16 + o % 32);  // bit s of qh[l] is the fifth bit
-    vb nibble = (s & 1) ? q >> 4 : q & 15;
-    vb fifth = ((high >> (uint8_t)s) & 1) << 4;
-    return d1 * __builtin_convertvector(nibble | fifth, vf) - m1;
-}
-
-INLINE vf load_q6_K(const uint8_t *w, size_t i) {
-    const uint8_t *b = w + i / 256 * 210;  // ql[128], qh[64], int8 scales[16], d
-    const size_t o = i % 256, half = o / 128, quarter = (o % 128) / 32, l = o % 32;
-    vb low = load_bytes(b + 64 * half + 32 * (quarter & 1) + l);
-    vb high = load_bytes(b + 128 + 32 * half + l);
-    const float sc = (float)(int8_t)b[192 + 8 * half + l / 16 + 2 * quarter];
-    vb nibble = quarter >= 2 ? low >> 4 : low & 15;
-    vb top = ((high >> (uint8_t)(2 * quarter)) & 3) << 4;
-    vf q = __builtin_convertvector(nibble | top, vf) - 32.0f;
-    return half_to_float(load_u16(b + 208)) * sc * q;
+// follow each other across rows): the block's head decoded for this one vector.
+INLINE vf load_block_weights(const void *w, size_t i, int wt) {
+    const size_t qk = block_weights(wt);
+    const uint8_t *b = (const uint8_t *)w + i / qk * block_bytes(wt);
+    block_head h;
+    decode_head(wt, b, &h);
+    return block_vec(wt, b, i % qk, &h);
 }
 
 // Weights i ..< i + VW of a matrix of type `wt` (a constant after inlining).
@@ -197,11 +229,7 @@ INLINE vf load_w(const void *w, size_t i, int wt) {
     switch (wt) {
     case SHOAL_W_F32: return load_f32((const float *)w + i);
     case SHOAL_W_BF16: return load_bf16((const uint16_t *)w + i);
-    case SHOAL_W_Q8_0: return load_q8_0(w, i);
-    case SHOAL_W_Q4_0: return load_q4_0(w, i);
-    case SHOAL_W_Q4_K: return load_q4_K(w, i);
-    case SHOAL_W_Q5_K: return load_q5_K(w, i);
-    default: return load_q6_K(w, i);
+    default: return load_block_weights(w, i, wt);
     }
 }
 // Weight i alone (the tails of rows whose length is not a multiple of VW: float types only,
@@ -276,9 +304,117 @@ INLINE void gemv_rows(const void *W, int wt, size_t cols, const float *x, float 
     UNROLL for (int i = 0; i < S; i++) y[r + i * h] = sum[i];
 }
 
+// One Q6_K block of S rows (`step` bytes apart) into their accumulators: the 6-bit values of
+// a half (128 weights) are put together 32 bytes at a time, 32 subtracted as bytes, before each
+// group of VW is widened; each weight is then d·scale · (q − 32) as block_vec computes it,
+// multiplied in the same order, so the same bits.
+INLINE void q6K_block(const uint8_t *w, size_t step, int S, const block_head *head, const float *x, vf *acc) {
+    typedef uint8_t u8x32 __attribute__((ext_vector_type(32)));
+    UNROLL for (int half = 0; half < 2; half++) {
+        UNROLL for (int i = 0; i < S; i++) {
+            const uint8_t *b = w + i * step;
+            u8x32 L0, L1, H;
+            __builtin_memcpy(&L0, b + 64 * half, 32);
+            __builtin_memcpy(&L1, b + 64 * half + 32, 32);
+            __builtin_memcpy(&H, b + 128 + 32 * half, 32);
+            u8x32 q[4] = {((L0 & 15) | ((H << 4) & 0x30)) - 32, ((L1 & 15) | ((H << 2) & 0x30)) - 32,
+                          ((L0 >> 4) | (H & 0x30)) - 32, ((L1 >> 4) | ((H >> 2) & 0x30)) - 32};
+            UNROLL for (int quarter = 0; quarter < 4; quarter++) {
+                UNROLL for (int part = 0; part < 32 / VW; part++) {
+                    vsb v;
+                    __builtin_memcpy(&v, (const int8_t *)&q[quarter] + part * VW, sizeof v);
+                    const float a = head[i].a[8 * half + part * VW / 16 + 2 * quarter];
+                    vf wv = a * __builtin_convertvector(v, vf);  // a product, never fused into the sum below
+                    acc[i] += wv * load_f32(x + 128 * half + 32 * quarter + part * VW);
+                }
+            }
+        }
+    }
+}
+
+#if SHOAL_VW == 16 && defined(__x86_64__)
+// One Q4_K block of S rows (`step` bytes apart) into their accumulators, AVX-512: each sub-block's
+// 16 possible weights d·scale·q − dmin·min (q = 0...15) are computed once, exactly as block_vec
+// computes each weight, and the nibbles pick from them with one permute (vpermps reads only the
+// low 4 bits of each index). Fewer instructions per weight than converting each nibble, and the
+// same weights, multiplied in the same order: the same bits as block_vec.
+INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, const block_head *head, const float *x,
+                             vf *acc) {
+#pragma clang fp contract(off)
+    const vf iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    UNROLL for (int c = 0; c < 4; c++) {  // chunk c: sub-blocks 2c (low nibbles) and 2c + 1 (high)
+        vf x0 = load_f32(x + 64 * c), x1 = load_f32(x + 64 * c + 16);
+        vf x2 = load_f32(x + 64 * c + 32), x3 = load_f32(x + 64 * c + 48);
+        UNROLL for (int i = 0; i < S; i++) {
+            const block_head *h = &head[i];
+            vf lo = h->a[2 * c] * iota - h->b[2 * c], hi = h->a[2 * c + 1] * iota - h->b[2 * c + 1];
+            const uint8_t *q = w + i * step + 16 + 32 * c;
+            __m512i b0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q));
+            __m512i b1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)));
+            vf w0 = (vf)_mm512_permutexvar_ps(b0, (__m512)lo);
+            vf w1 = (vf)_mm512_permutexvar_ps(b1, (__m512)lo);
+            vf w2 = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(b0, 4), (__m512)hi);
+            vf w3 = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(b1, 4), (__m512)hi);
+            acc[i] = __builtin_elementwise_fma(w0, x0, acc[i]);
+            acc[i] = __builtin_elementwise_fma(w1, x1, acc[i]);
+            acc[i] = __builtin_elementwise_fma(w2, x2, acc[i]);
+            acc[i] = __builtin_elementwise_fma(w3, x3, acc[i]);
+        }
+    }
+}
+#endif
+
+// gemv_rows for a block format: each block's head is decoded once per row, then its vectors
+// are multiplied in the order gemv_rows multiplies them (lane j of row i still sums columns j,
+// j + VW, ... in order within each KC block), so the two give the same bits.
+INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x, float *y,
+                             size_t r, size_t h, int S) {
+    const size_t qk = block_weights(wt), bb = block_bytes(wt);
+    const uint8_t *w = (const uint8_t *)W + wbytes(wt, r * cols);
+    const size_t step = wbytes(wt, h * cols);
+    float sum[GEMV_STREAMS] = {0};
+    for (size_t k0 = 0; k0 < cols; k0 += KC) {
+        const size_t end = cols - k0 < KC ? cols : k0 + KC;
+        vf acc[GEMV_STREAMS];
+        UNROLL for (int i = 0; i < S; i++) acc[i] = 0;
+        for (size_t k = k0; k < end; k += qk) {
+            const size_t offset = k / qk * bb;
+            block_head head[GEMV_STREAMS];
+            UNROLL for (int i = 0; i < S; i++) {
+                __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH, 0, 3);
+                if (bb > 64) __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH + 64, 0, 3);
+                if (bb > 128) __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH + 128, 0, 3);
+                if (bb > 192) __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH + 192, 0, 3);
+                decode_head(wt, w + i * step + offset, &head[i]);
+            }
+            if (wt == SHOAL_W_Q6_K) {
+                q6K_block(w + offset, step, S, head, x + k, acc);
+                continue;
+            }
+#if SHOAL_VW == 16 && defined(__x86_64__)
+            if (wt == SHOAL_W_Q4_K) {
+                q4K_block_avx512(w + offset, step, S, head, x + k, acc);
+                continue;
+            }
+#endif
+            UNROLL for (size_t o = 0; o < qk; o += VW) {
+                vf xk = load_f32(x + k + o);
+                UNROLL for (int i = 0; i < S; i++) acc[i] += block_vec(wt, w + i * step + offset, o, &head[i]) * xk;
+            }
+        }
+        UNROLL for (int i = 0; i < S; i++) sum[i] = k0 > 0 ? sum[i] + hsum(acc[i]) : hsum(acc[i]);
+    }
+    UNROLL for (int i = 0; i < S; i++) y[r + i * h] = sum[i];
+}
+
 INLINE void gemv_body(const void *W, int wt, size_t cols, const float *x, float *y,
                       size_t r0, size_t r1) {
     const size_t h = (r1 - r0) / GEMV_STREAMS;  // rows per run; the last few run alone
+    if (wt > SHOAL_W_BF16) {
+        for (size_t r = r0; r < r0 + h; r++) gemv_rows_blocks(W, wt, cols, x, y, r, h, GEMV_STREAMS);
+        for (size_t r = r0 + h * GEMV_STREAMS; r < r1; r++) gemv_rows_blocks(W, wt, cols, x, y, r, 0, 1);
+        return;
+    }
     for (size_t r = r0; r < r0 + h; r++) gemv_rows(W, wt, cols, x, y, r, h, GEMV_STREAMS);
     for (size_t r = r0 + h * GEMV_STREAMS; r < r1; r++) gemv_rows(W, wt, cols, x, y, r, 0, 1);
 }

@@ -13,9 +13,11 @@ int shoal_kernels_best_isa(void) {
     // __builtin_cpu_supports also checks that the OS saves the wide registers (XCR0).
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
         return SHOAL_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SHOAL_ISA_AVX2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return SHOAL_ISA_AVX2;
 #endif
     return SHOAL_ISA_GENERIC;
 }

@@ -2,7 +2,8 @@
 #if defined(__x86_64__)
 #define SHOAL_VW 8
 #define SHOAL_TT 2
-#define SHOAL_ATTR __attribute__((target("avx2,fma")))
+#define SHOAL_ATTR __attribute__((target("avx2,fma,f16c")))
+#define SHOAL_F16C 1
 #define SHOAL_TABLE shoal_kernels_avx2
 #define SHOAL_ISA_NAME "avx2"
 #define SHOAL_ISA_LEVEL SHOAL_ISA_AVX2

@@ -2,6 +2,7 @@
 #define SHOAL_VW 4
 #define SHOAL_TT 2
 #define SHOAL_ATTR
+#define SHOAL_F16C 0
 #define SHOAL_TABLE shoal_kernels_generic
 #define SHOAL_ISA_NAME "generic"
 #define SHOAL_ISA_LEVEL SHOAL_ISA_GENERIC

@@ -2,11 +2,12 @@ import ArgumentParser
 import Foundation
 import ShoalTensor
 
-/// `shoal bench-kernels`: one bf16 matrix product at several token counts, for kernel work.
+/// `shoal bench-kernels`: one matrix product (bf16, f32 or a block type) at several token
+/// counts, for kernel work.
 struct KernelBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-kernels",
-        abstract: "Time the bf16 matrix product (GEMV for 1 token, GEMM for more) at several token counts.",
+        abstract: "Time the matrix product (GEMV for 1 token, GEMM for more) at several token counts.",
         discussion: """
             Each timing runs the product over --matrices distinct random matrices in turn, so
             their weights come from memory as in decode, and reports the median over --repeats
@@ -20,12 +21,19 @@ struct KernelBenchCommand: ParsableCommand {
     @Option(help: "Comma-separated token counts.") var tokens = "1,2,4,8,16,64"
     @Option(help: "Compute threads.") var threads = 1
     @Option(help: "Repeats; medians are reported.") var repeats = 5
+    @Option(name: .customLong("type"), help: "Weight type: bf16, f32, q8_0, q4_0, q4_k, q5_k, q6_k.") var typeName = "bf16"
+
+    var type: DType? { DType.allCases.first { $0.rawValue.lowercased() == typeName.lowercased() && $0 != .f16 } }
 
     func validate() throws {
         guard rows >= 1, cols >= 1, matrices >= 1, threads >= 1, repeats >= 1 else {
             throw ValidationError("--rows, --cols, --matrices, --threads and --repeats must be at least 1")
         }
         _ = try parseCounts(tokens)
+        guard let type else { throw ValidationError("--type \(typeName): expected bf16, f32, q8_0, q4_0, q4_k, q5_k or q6_k") }
+        guard cols % type.blockWeights == 0 else {
+            throw ValidationError("--cols \(cols) is not a whole number of \(type.rawValue) blocks (\(type.blockWeights) weights)")
+        }
     }
 
     func run() throws {
@@ -33,19 +41,27 @@ struct KernelBenchCommand: ParsableCommand {
             let counts = try parseCounts(tokens)
             let n = counts.max()!
             let pool = ComputePool(threads: threads)
-            let elements = rows * cols
-            let weights = UnsafeMutablePointer<UInt16>.allocate(capacity: matrices * elements)
-            defer { weights.deallocate() }
+            let type = self.type!
+            let elements = rows * cols, bytes = rows * type.rowBytes(cols)
+            // Random values of a realistic size: f32 and bf16 near 1; blocks of random quanta
+            // whose binary16 scales are small and finite.
             var rng = SplitMix64(seed: 1)
-            for i in 0..<(matrices * elements) { weights[i] = 0x3c00 | UInt16(truncatingIfNeeded: rng.next() & 0x7f) }
+            let row = UnsafeMutablePointer<Float>.allocate(capacity: cols)
+            defer { row.deallocate() }
+            let weights = UnsafeMutableRawPointer.allocate(byteCount: matrices * bytes, alignment: 64)
+            defer { weights.deallocate() }
+            for r in 0..<(matrices * rows) {
+                for c in 0..<cols { row[c] = 1 + Float(rng.next() & 0x7f) / 128 - 0.5 }
+                Quantizer.quantize(type, row, count: cols, into: weights + r * type.rowBytes(cols))
+            }
             let x = UnsafeMutablePointer<Float>.allocate(capacity: n * cols)
             let y = UnsafeMutablePointer<Float>.allocate(capacity: n * rows)
             defer { x.deallocate(); y.deallocate() }
             for i in 0..<(n * cols) { x[i] = Float(i % 17) * 0.01 }
             let all = (0..<matrices).map {
-                Matrix(dtype: .bf16, rows: rows, cols: cols, base: UnsafeRawPointer(weights + $0 * elements))
+                Matrix(dtype: type, rows: rows, cols: cols, base: UnsafeRawPointer(weights + $0 * bytes))
             }
-            print("\(rows) x \(cols) bf16, \(matrices) matrices, \(threads) thread(s), kernels: \(Kernels.isa)")
+            print("\(rows) x \(cols) \(type.rawValue), \(matrices) matrices, \(threads) thread(s), kernels: \(Kernels.isa)")
             print("tokens  us/product    GB/s  GFLOP/s")
             for count in counts {
                 var times: [Double] = []
@@ -55,7 +71,7 @@ struct KernelBenchCommand: ParsableCommand {
                     times.append((ContinuousClock.now - start).seconds / Double(matrices))
                 }
                 let t = median(times)
-                print(String(format: "%6d  %10.1f  %6.1f  %7.1f", count, t * 1e6, Double(elements * 2) / t / 1e9,
+                print(String(format: "%6d  %10.1f  %6.1f  %7.1f", count, t * 1e6, Double(bytes) / t / 1e9,
                              2 * Double(elements * count) / t / 1e9))
             }
         }
