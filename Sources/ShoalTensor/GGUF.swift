@@ -115,16 +115,11 @@ public final class GGUFFile: @unchecked Sendable {
     public init(path: String) throws {
         self.path = path
         let name = (path as NSString).lastPathComponent
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw GGUFError.unreadable(file: name, reason: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw GGUFError.unreadable(file: name, reason: String(cString: strerror(errno))) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw GGUFError.unreadable(file: name, reason: "not a regular file") }
-        let length = Int(st.st_size)
-        guard length > 0, let p = mapHugeAligned(fd: fd, length: length) else {
-            if length == 0 { throw GGUFError.truncated(file: name, detail: "the file is empty") }
-            throw GGUFError.unreadable(file: name, reason: "mmap: " + String(cString: strerror(errno)))
+        let (p, length): (UnsafeMutableRawPointer, Int)
+        switch mapFile(path) {
+        case let .success(m): (p, length) = m
+        case .failure(.empty): throw GGUFError.truncated(file: name, detail: "the file is empty")
+        case let .failure(.unreadable(reason)): throw GGUFError.unreadable(file: name, reason: reason)
         }
         mapping = p
         fileSize = length

@@ -85,17 +85,15 @@ public final class SafetensorsFile: @unchecked Sendable {
     public init(path: String) throws {
         self.path = path
         let name = (path as NSString).lastPathComponent
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw SafetensorsError.unreadable(file: name, reason: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SafetensorsError.unreadable(file: name, reason: String(cString: strerror(errno))) }
-        let length = Int(st.st_size)
-        guard length >= 8 else {
-            throw SafetensorsError.truncated(file: name, detail: "\(length) bytes, shorter than the 8-byte header length")
+        let (p, length): (UnsafeMutableRawPointer, Int)
+        switch mapFile(path) {
+        case let .success(m): (p, length) = m
+        case .failure(.empty): throw SafetensorsError.truncated(file: name, detail: "0 bytes, shorter than the 8-byte header length")
+        case let .failure(.unreadable(reason)): throw SafetensorsError.unreadable(file: name, reason: reason)
         }
-        guard let p = mapHugeAligned(fd: fd, length: length) else {
-            throw SafetensorsError.unreadable(file: name, reason: "mmap: " + String(cString: strerror(errno)))
+        guard length >= 8 else {
+            munmap(p, length)
+            throw SafetensorsError.truncated(file: name, detail: "\(length) bytes, shorter than the 8-byte header length")
         }
         mapping = p
         mappedLength = length
@@ -208,6 +206,28 @@ public final class SafetensorsFile: @unchecked Sendable {
         }
         return TensorInfo(name: name, type: type, shape: shape, range: offsets[0]..<offsets[1])
     }
+}
+
+/// Why `mapFile` could not map a file.
+enum MapFailure: Error {
+    case empty
+    case unreadable(String)
+}
+
+/// Opens and maps `path` read-only (`mapHugeAligned`); the caller unmaps it.
+func mapFile(_ path: String) -> Result<(UnsafeMutableRawPointer, Int), MapFailure> {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return .failure(.unreadable(String(cString: strerror(errno)))) }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { return .failure(.unreadable(String(cString: strerror(errno)))) }
+    guard (st.st_mode & S_IFMT) == S_IFREG else { return .failure(.unreadable("not a regular file")) }
+    let length = Int(st.st_size)
+    guard length > 0 else { return .failure(.empty) }
+    guard let p = mapHugeAligned(fd: fd, length: length) else {
+        return .failure(.unreadable("mmap: " + String(cString: strerror(errno))))
+    }
+    return .success((p, length))
 }
 
 /// Maps a file read-only at a 2 MiB-aligned address and asks for huge pages: the kernel

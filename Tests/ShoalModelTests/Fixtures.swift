@@ -51,3 +51,17 @@ func expectClose(_ a: [Float], _ b: [Float], atol: Float = 1e-4, rtol: Float = 1
             "\(what): element \(worst) is \(a[worst]), expected \(b[worst]) (tolerance \(atol) + \(rtol)·|b|)",
             sourceLocation: sourceLocation)
 }
+
+/// Prompt 0's router choices (exactly), router weights and logits, and every layer's output
+/// against a reference file's `prompt0.*` tensors.
+func expectRoutingAndLayers(_ trace: ForwardTrace, _ floats: (String) throws -> [Float], _ tag: String,
+                            sourceLocation: SourceLocation = #_sourceLocation) throws {
+    #expect(trace.routerIndices.flatMap { $0 } == (try floats("prompt0.router_topk_indices").map { Int($0) }),
+            "\(tag) router indices", sourceLocation: sourceLocation)
+    expectClose(trace.routerWeights.flatMap { $0 }, try floats("prompt0.router_topk_weights"), "\(tag) router weights",
+                sourceLocation: sourceLocation)
+    expectClose(trace.routerLogits.flatMap { $0 }, try floats("prompt0.router_logits"), "\(tag) router logits",
+                sourceLocation: sourceLocation)
+    expectClose(trace.layerOutputs.flatMap { $0 }, try floats("prompt0.layer_outputs"), "\(tag) layer outputs",
+                sourceLocation: sourceLocation)
+}

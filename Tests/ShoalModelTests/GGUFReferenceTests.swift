@@ -40,16 +40,7 @@ import ShoalTokenizer
             let stored = positions.flatMap { logits[($0 * V)..<(($0 + 1) * V)] }
             expectClose(stored, try expected.floats("prompt\(p).logits"), "\(tag) logits")
             expectClose(trace.finalHidden, try expected.floats("prompt\(p).final_hidden"), "\(tag) final_hidden")
-            if p == 0 {
-                #expect(trace.routerIndices.flatMap { $0 } == (try expected.floats("prompt0.router_topk_indices").map { Int($0) }),
-                        "\(tag) router indices")
-                expectClose(trace.routerWeights.flatMap { $0 }, try expected.floats("prompt0.router_topk_weights"),
-                            "\(tag) router weights")
-                expectClose(trace.routerLogits.flatMap { $0 }, try expected.floats("prompt0.router_logits"),
-                            "\(tag) router logits")
-                expectClose(trace.layerOutputs.flatMap { $0 }, try expected.floats("prompt0.layer_outputs"),
-                            "\(tag) layer outputs")
-            }
+            if p == 0 { try expectRoutingAndLayers(trace, expected.floats, tag) }
         }
     }
 
