@@ -333,36 +333,61 @@ INLINE void q6K_block(const uint8_t *w, size_t step, int S, const block_head *he
 }
 
 #if SHOAL_VW == 16 && defined(__x86_64__)
-// One Q4_K block of S rows (`step` bytes apart) into their accumulators, AVX-512: each sub-block's
-// 16 possible weights d·scale·q − dmin·min (q = 0...15) are computed once, exactly as block_vec
+// Chunk c (weights 64c ..< 64c + 64) of a Q4_K block as 4 vectors, AVX-512: each sub-block's 16
+// possible weights d·scale·q − dmin·min (q = 0...15) are computed once, exactly as block_vec
 // computes each weight, and the nibbles pick from them with one permute (vpermps reads only the
 // low 4 bits of each index). Fewer instructions per weight than converting each nibble, and the
-// same weights, multiplied in the same order: the same bits as block_vec.
-INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, const block_head *head, const float *x,
-                             vf *acc) {
+// same weights: the same bits as block_vec.
+INLINE void q4K_chunk_avx512(const uint8_t *b, const block_head *h, int c, vf *out) {
 #pragma clang fp contract(off)
     const vf iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    UNROLL for (int c = 0; c < 4; c++) {  // chunk c: sub-blocks 2c (low nibbles) and 2c + 1 (high)
-        vf x0 = load_f32(x + 64 * c), x1 = load_f32(x + 64 * c + 16);
-        vf x2 = load_f32(x + 64 * c + 32), x3 = load_f32(x + 64 * c + 48);
+    vf lo = h->a[2 * c] * iota - h->b[2 * c], hi = h->a[2 * c + 1] * iota - h->b[2 * c + 1];
+    const uint8_t *q = b + 16 + 32 * c;
+    __m512i b0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q));
+    __m512i b1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)));
+    out[0] = (vf)_mm512_permutexvar_ps(b0, (__m512)lo);
+    out[1] = (vf)_mm512_permutexvar_ps(b1, (__m512)lo);
+    out[2] = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(b0, 4), (__m512)hi);
+    out[3] = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(b1, 4), (__m512)hi);
+}
+
+// One Q4_K block of S rows (`step` bytes apart) into their accumulators.
+INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, const block_head *head, const float *x,
+                             vf *acc) {
+    UNROLL for (int c = 0; c < 4; c++) {
+        vf xs[4] = {load_f32(x + 64 * c), load_f32(x + 64 * c + 16), load_f32(x + 64 * c + 32),
+                    load_f32(x + 64 * c + 48)};
         UNROLL for (int i = 0; i < S; i++) {
-            const block_head *h = &head[i];
-            vf lo = h->a[2 * c] * iota - h->b[2 * c], hi = h->a[2 * c + 1] * iota - h->b[2 * c + 1];
-            const uint8_t *q = w + i * step + 16 + 32 * c;
-            __m512i b0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q));
-            __m512i b1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)));
-            vf w0 = (vf)_mm512_permutexvar_ps(b0, (__m512)lo);
-            vf w1 = (vf)_mm512_permutexvar_ps(b1, (__m512)lo);
-            vf w2 = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(b0, 4), (__m512)hi);
-            vf w3 = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(b1, 4), (__m512)hi);
-            acc[i] = __builtin_elementwise_fma(w0, x0, acc[i]);
-            acc[i] = __builtin_elementwise_fma(w1, x1, acc[i]);
-            acc[i] = __builtin_elementwise_fma(w2, x2, acc[i]);
-            acc[i] = __builtin_elementwise_fma(w3, x3, acc[i]);
+            vf wv[4];
+            q4K_chunk_avx512(w + i * step, &head[i], c, wv);
+            UNROLL for (int j = 0; j < 4; j++) acc[i] += wv[j] * xs[j];
         }
     }
 }
 #endif
+
+// out[0 ..< kc] = weights k0 ..< k0 + kc of the block-format row starting at `row` (k0 and kc
+// whole blocks), each block's head decoded once: the values block_vec gives.
+INLINE void dequantize_span(const uint8_t *row, int wt, size_t k0, size_t kc, float *out) {
+    const size_t qk = block_weights(wt), bb = block_bytes(wt);
+    for (size_t k = k0; k < k0 + kc; k += qk) {
+        const uint8_t *b = row + k / qk * bb;
+        block_head h;
+        decode_head(wt, b, &h);
+        float *o = out + (k - k0);
+#if SHOAL_VW == 16 && defined(__x86_64__)
+        if (wt == SHOAL_W_Q4_K) {
+            UNROLL for (int c = 0; c < 4; c++) {
+                vf wv[4];
+                q4K_chunk_avx512(b, &h, c, wv);
+                UNROLL for (int j = 0; j < 4; j++) store_f32(o + 64 * c + 16 * j, wv[j]);
+            }
+            continue;
+        }
+#endif
+        UNROLL for (size_t v = 0; v < qk; v += VW) store_f32(o + v, block_vec(wt, b, v, &h));
+    }
+}
 
 // gemv_rows for a block format: each block's head is decoded once per row, then its vectors
 // are multiplied in the order gemv_rows multiplies them (lane j of row i still sums columns j,
@@ -519,9 +544,32 @@ INLINE void gemm_stream_rows(const void *W, int wt, size_t cols, const float *X,
     }
 }
 
+// gemm_stream_rows for a block format: each K block of the R rows is dequantized once into a
+// float32 scratch (RT x KC, 32 KB) by dequantize_span, and every token tile then runs over it as
+// it would over the float32 rows: the same sums, without dequantizing once per token tile.
+INLINE void gemm_stream_rows_blocks(const void *W, int wt, size_t cols, const float *X, size_t ldx,
+                                    size_t n, float *Y, size_t ldy, size_t r, size_t run, int R) {
+    float scratch[RT * KC];
+    for (size_t k0 = 0; k0 < cols; k0 += KC) {
+        size_t kc = cols - k0 < KC ? cols - k0 : KC;
+        for (int i = 0; i < R; i++)
+            dequantize_span((const uint8_t *)W + wbytes(wt, (r + i * run) * cols), wt, k0, kc, scratch + i * kc);
+        for (size_t t = 0; t < n; t += SHOAL_TT) {
+            size_t T = n - t < SHOAL_TT ? n - t : SHOAL_TT;
+            gemm_tile_n(scratch, SHOAL_W_F32, kc, X + t * ldx + k0, ldx, kc, Y + t * ldy + r, ldy, run, R, T,
+                        k0 > 0, PREFETCH_NONE);
+        }
+    }
+}
+
 INLINE void gemm_streams(const void *W, int wt, size_t cols, const float *X, size_t ldx,
                          size_t n, float *Y, size_t ldy, size_t r0, size_t r1) {
     const size_t h = (r1 - r0) / RT;  // rows per run; the last few rows go alone
+    if (wt > SHOAL_W_BF16) {
+        for (size_t r = r0; r < r0 + h; r++) gemm_stream_rows_blocks(W, wt, cols, X, ldx, n, Y, ldy, r, h, RT);
+        for (size_t r = r0 + h * RT; r < r1; r++) gemm_stream_rows_blocks(W, wt, cols, X, ldx, n, Y, ldy, r, 0, 1);
+        return;
+    }
     for (size_t r = r0; r < r0 + h; r++) gemm_stream_rows(W, wt, cols, X, ldx, n, Y, ldy, r, h, RT);
     for (size_t r = r0 + h * RT; r < r1; r++)
         gemm_stream_rows(W, wt, cols, X, ldx, n, Y, ldy, r, 0, 1);
@@ -541,8 +589,7 @@ INLINE void gemm_blocked(const void *W, int wt, size_t cols, const float *X, siz
             const char *block = (const char *)W + wbytes(wt, r * cols + k0);
             if (scratch) {
                 for (size_t i = 0; i < R; i++)
-                    for (size_t k = 0; k < kc; k += VW)
-                        store_f32(scratch + i * kc + k, load_w(block + wbytes(wt, i * cols), k, wt));
+                    dequantize_span((const uint8_t *)W + wbytes(wt, (r + i) * cols), wt, k0, kc, scratch + i * kc);
                 gemm_rows(scratch, SHOAL_W_F32, kc, R, X + k0, ldx, kc, n, Y + r, ldy, k0 > 0);
             } else {
                 gemm_rows(block, wt, cols, R, X + k0, ldx, kc, n, Y + r, ldy, k0 > 0);
@@ -654,6 +701,10 @@ SHOAL_ATTR static void gemm(int wt, const void *w, size_t cols, const float *x, 
 #undef GEMM
 }
 INLINE void dequantize_body(const void *w, int wt, size_t n, float *out) {
+    if (wt > SHOAL_W_BF16) {
+        dequantize_span(w, wt, 0, n, out);
+        return;
+    }
     size_t k = 0;
     for (; k + VW <= n; k += VW) store_f32(out + k, load_w(w, k, wt));
     for (; k < n; k++) out[k] = scalar_w(w, k, wt);

@@ -17,8 +17,10 @@ struct DemoCommand: ParsableCommand {
         discussion: """
             Without --model it writes a random-weight `mini` checkpoint (1.5 GB, bf16) into --cache
             once and reuses it. The workers split the experts into contiguous ranges; they are
-            stopped when the demo ends, also on Ctrl-C. Last, the coordinator is served over HTTP
-            on loopback and --serve-streams clients at a time stream completions from it.
+            stopped when the demo ends, also on Ctrl-C. Then the coordinator is served over HTTP
+            on loopback and --serve-streams clients at a time stream completions from it. Last,
+            with the cached mini model, the same generation runs on workers holding it quantized
+            (--quantized, written once into the cache as GGUF).
             """)
 
     @Option(help: "Model folder (either layout); default: the cached random mini model.") var model: String?
@@ -35,6 +37,8 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Concurrent streams served, per round (comma-separated).") var serveStreams = "1,8"
     @Flag(name: .customLong("pin-cpus"), inversion: .prefixedNo, help: "Pin the coordinator's and the workers' threads to CPUs, worker i starting i CPUs along (README: the cluster on one machine).")
     var pinCPUs = true
+    @Option(help: "With the cached mini model: also run it quantized by this mix (written once into the cache as GGUF), or none.")
+    var quantized = "q4_k_m"
 
     static var defaultCache: String {
         let env = ProcessInfo.processInfo.environment
@@ -47,6 +51,9 @@ struct DemoCommand: ParsableCommand {
             throw ValidationError("need --workers, --worker-threads, --threads >= 1 and --max-tokens >= 2")
         }
         _ = try parseCounts(serveStreams)
+        guard quantized == "none" || QuantizationMix(rawValue: quantized) != nil else {
+            throw ValidationError("--quantized \(quantized): expected none or one of \(QuantizationMix.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     func run() throws {
@@ -61,6 +68,19 @@ struct DemoCommand: ParsableCommand {
             let addresses = try fleet.startSplit(folder: folder, experts: experts, workers: workers,
                                                  threads: workerThreads, cpus: plan.workers, name: "demo-worker")
             for (i, line) in fleet.readyLines.enumerated() { say("worker \(i): \(line)") }
+            // The quantized workers start now too: processes started later would inherit the
+            // CPU the coordinator's thread is pinned to once it has computed.
+            let quantizedFleet = WorkerFleet()
+            let stopQuantizedOnSignal = quantizedFleet.stopOnSignals()
+            defer { quantizedFleet.stopAll(); withExtendedLifetime(stopQuantizedOnSignal) {} }
+            var quantizedRun: (mix: QuantizationMix, path: String, addresses: [String])?
+            if model == nil, let mix = QuantizationMix(rawValue: quantized) {
+                let path = try cachedQuantized(mix, from: folder)
+                let addresses = try quantizedFleet.startSplit(folder: path, experts: experts, workers: workers,
+                                                              threads: workerThreads, cpus: plan.workers,
+                                                              name: "demo-\(mix.rawValue)-worker")
+                quantizedRun = (mix, path, addresses)
+            }
 
             let parameters = GenerationParameters(maxTokens: maxTokens, ignoreEOS: true)
             say("\n== \(workers) workers on loopback, \(wireDType.rawValue) wire: \(prompt)", terminator: "")
@@ -94,6 +114,7 @@ struct DemoCommand: ParsableCommand {
             say("prefill " + prefillStats.line)
             say("decode  " + decodeStats.line)
             say(sameTokensLine(clustered.ids == single.ids, wire: wireDType))
+            say("workers' resident memory: " + fleet.residentLine())
 
             // The same coordinator as a service: each step batches every stream's token, so a
             // layer's experts get one call per worker for all of them.
@@ -107,8 +128,51 @@ struct DemoCommand: ParsableCommand {
                 + "streams of \(maxTokens) greedy tokens at once (tokens/s: all streams, prefill included)")
             let load = LoadGenerator(host: "127.0.0.1", port: server.httpPort!, maxTokens: maxTokens, promptWords: 8)
             try load.report(counts: try parseCounts(serveStreams), rounds: 1, print: { say($0) })
+
+            if let run = quantizedRun {
+                try runQuantized(run.mix, path: run.path, fleet: quantizedFleet, addresses: run.addresses, plan: plan,
+                                 ids: ids, parameters: parameters, bf16Decode: single.decodeTokensPerSecond)
+            }
             say("stopping the server and the workers")
         }
+    }
+
+    /// The cached model quantized by `mix` as a GGUF file beside it, written once (with a
+    /// progress bar) into a temporary name renamed at the end.
+    private func cachedQuantized(_ mix: QuantizationMix, from folder: String) throws -> String {
+        let path = cache + ".\(mix.rawValue).gguf"
+        if FileManager.default.fileExists(atPath: path) { return path }
+        say("writing the mini model quantized as \(mix.rawValue) to \(path) (once)")
+        let partial = path + ".partial-\(getpid())"
+        var progress: ProgressBar?
+        try GGUFExport.write(try Checkpoint(folder: folder), mix: mix, to: partial, pool: ComputePool(threads: threads)) { step in
+            if progress == nil { progress = ProgressBar("quantize \(mix.rawValue)", total: step.bytesTotal, unit: .bytes) }
+            progress?.update(step.bytesDone, label: step.tensor)
+        }
+        progress?.finish()
+        try FileManager.default.moveItem(atPath: partial, toPath: path)
+        return path
+    }
+
+    /// The same generation with quantized weights: workers on the GGUF file, their memory, and
+    /// decode through them beside one process.
+    private func runQuantized(_ mix: QuantizationMix, path: String, fleet: WorkerFleet, addresses: [String],
+                              plan: LocalCPUPlan, ids: [Int], parameters: GenerationParameters, bf16Decode: Double) throws {
+        say("\n== the same with \(mix.rawValue) weights (\(path))")
+        for (i, line) in fleet.readyLines.enumerated() { say("worker \(i): \(line)") }
+        say("\n== \(workers) workers holding \(mix.rawValue) experts, \(wireDType.rawValue) wire: \(prompt)", terminator: "")
+        let engine = try clusterEngine(folder: path, threads: threads, cpus: plan.coordinator, workers: addresses,
+                                       wire: wireDType.value)
+        let clustered = try engine.generator.generate(prompt: ids, parameters: parameters) { piece in
+            FileHandle.standardOutput.write(Data(piece.utf8))
+        }
+        let single = try Engine(folder: path, threads: threads, cpus: plan.coordinator).generator
+            .generate(prompt: ids, parameters: parameters)
+        say("\n" + String(format: "decode tok/s: %d workers %.1f, single process %.1f (bf16 above: %.1f), cluster / single %.2f×",
+                          workers, clustered.decodeTokensPerSecond, single.decodeTokensPerSecond, bf16Decode,
+                          clustered.decodeTokensPerSecond / max(single.decodeTokensPerSecond, 1e-9)))
+        say(sameTokensLine(clustered.ids == single.ids, wire: wireDType))
+        say("workers' resident memory: " + fleet.residentLine())
     }
 
     /// The random mini checkpoint in `cache`, written first if missing (into a temporary
@@ -232,6 +296,17 @@ final class WorkerFleet: @unchecked Sendable {
             usleep(20_000)
         }
         return addresses.map { $0! }
+    }
+
+    /// Each running worker's resident memory (`VmRSS`), as `"0: 412 MB, 1: 398 MB"`.
+    func residentLine() -> String {
+        let running = lock.withLock { processes }
+        return running.enumerated().map { i, p in
+            let status = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/status", encoding: .utf8)) ?? ""
+            let kb = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+                .flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") }
+            return "\(i): " + (kb.map { formatBytes($0 * 1024) } ?? "?")
+        }.joined(separator: ", ")
     }
 
     /// Stops every worker still running and removes their log files. Idempotent.

@@ -11,6 +11,9 @@ public enum Quantizer {
                                 into out: UnsafeMutableRawPointer) {
         precondition(n % dtype.blockWeights == 0, "\(n) weights are not whole \(dtype) blocks")
         let blocks = n / dtype.blockWeights
+        // Scratch for the K-quant searches, made once per call (a row is thousands of blocks).
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
+        defer { scratch.deallocate() }
         for b in 0..<blocks {
             let xb = x + b * dtype.blockWeights, yb = out + b * dtype.blockBytes
             switch dtype {
@@ -19,9 +22,9 @@ public enum Quantizer {
             case .f16: yb.storeBytes(of: Float16(xb[0]).bitPattern, as: UInt16.self)
             case .q8_0: q8_0(xb, yb)
             case .q4_0: q4_0(xb, yb)
-            case .q4_K: kQuant(xb, yb, fifthBit: false)
-            case .q5_K: kQuant(xb, yb, fifthBit: true)
-            case .q6_K: q6_K(xb, yb)
+            case .q4_K: kQuant(xb, yb, fifthBit: false, scratch: scratch)
+            case .q5_K: kQuant(xb, yb, fifthBit: true, scratch: scratch)
+            case .q6_K: q6_K(xb, yb, scratch: scratch)
             }
         }
     }
@@ -49,10 +52,12 @@ public enum Quantizer {
 
     /// Q4_K (4-bit) or Q5_K (5-bit): 8 sub-blocks of 32, each with a 6-bit scale and min
     /// relative to the block's `d` and `dmin`.
-    static func kQuant(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, fifthBit: Bool) {
+    static func kQuant(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, fifthBit: Bool,
+                       scratch: UnsafeMutableRawPointer) {
         let nmax = fifthBit ? 31 : 15
-        var L = [UInt8](repeating: 0, count: 256), scales = [Float](repeating: 0, count: 8)
-        var mins = [Float](repeating: 0, count: 8), weights = [Float](repeating: 0, count: 32)
+        // scratch: levels L[256], aux[32], then floats scales[8], mins[8], weights[32], then packed[12].
+        let L = scratch.assumingMemoryBound(to: UInt8.self), aux = L + 256
+        let scales = (scratch + 512).assumingMemoryBound(to: Float.self), mins = scales + 8, weights = scales + 16
         var maxScale: Float = 0, maxMin: Float = 0
         for j in 0..<8 {
             let xs = x + 32 * j
@@ -60,15 +65,14 @@ public enum Quantizer {
             for l in 0..<32 { sumX2 += xs[l] * xs[l] }
             let av = (sumX2 / 32).squareRoot()
             for l in 0..<32 { weights[l] = av + abs(xs[l]) }
-            (scales[j], mins[j]) = L.withUnsafeMutableBufferPointer { l in
-                makeQKX2(xs, weights, nmax: nmax, into: l.baseAddress! + 32 * j,
-                         rmin: fifthBit ? -0.5 : -1, rdelta: 0.1, steps: fifthBit ? 15 : 20)
-            }
+            (scales[j], mins[j]) = makeQKX2(xs, weights, nmax: nmax, into: L + 32 * j, aux: aux,
+                                            rmin: fifthBit ? -0.5 : -1, rdelta: 0.1, steps: fifthBit ? 15 : 20)
             maxScale = max(maxScale, scales[j])
             maxMin = max(maxMin, mins[j])
         }
         let invScale: Float = maxScale > 0 ? 63 / maxScale : 0, invMin: Float = maxMin > 0 ? 63 / maxMin : 0
-        var packed = [UInt8](repeating: 0, count: 12)
+        let packed = (scratch + 1024).assumingMemoryBound(to: UInt8.self)  // the 12 bytes of scales and mins
+        packed.initialize(repeating: 0, count: 12)
         for j in 0..<8 {
             let ls = UInt8(min(63, nearest(invScale * scales[j]))), lm = UInt8(min(63, nearest(invMin * mins[j])))
             if j < 4 {
@@ -83,7 +87,7 @@ public enum Quantizer {
         let d = Float16(maxScale / 63), dmin = Float16(maxMin / 63)
         y.storeBytes(of: d.bitPattern, as: UInt16.self)
         y.storeBytes(of: dmin.bitPattern, toByteOffset: 2, as: UInt16.self)
-        for (i, b) in packed.enumerated() { y.storeBytes(of: b, toByteOffset: 4 + i, as: UInt8.self) }
+        for i in 0..<12 { y.storeBytes(of: packed[i], toByteOffset: 4 + i, as: UInt8.self) }
         // Levels again against the rounded scales actually stored.
         let header = UnsafeRawBufferPointer(start: y, count: 16)
         for j in 0..<8 {
@@ -116,11 +120,12 @@ public enum Quantizer {
     }
 
     /// Q6_K: 16 sub-blocks of 16, each with an int8 scale relative to the block's `d`.
-    static func q6_K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
-        var L = [Int8](repeating: 0, count: 256), scales = [Float](repeating: 0, count: 16)
+    static func q6_K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, scratch: UnsafeMutableRawPointer) {
+        // scratch: levels[256], then floats scales[16].
+        let levels = scratch.assumingMemoryBound(to: UInt8.self), scales = (scratch + 256).assumingMemoryBound(to: Float.self)
         var maxScale: Float = 0, maxAbsScale: Float = 0
         for ib in 0..<16 {
-            scales[ib] = L.withUnsafeMutableBufferPointer { makeQX(x + 16 * ib, nmax: 32, into: $0.baseAddress! + 16 * ib) }
+            scales[ib] = makeQX(x + 16 * ib, nmax: 32)
             if abs(scales[ib]) > maxAbsScale { maxAbsScale = abs(scales[ib]); maxScale = scales[ib] }
         }
         for i in 0..<210 { y.storeBytes(of: 0, toByteOffset: i, as: UInt8.self) }
@@ -128,7 +133,7 @@ public enum Quantizer {
         let iscale = -128 / maxScale
         let d = Float16(1 / iscale)
         y.storeBytes(of: d.bitPattern, toByteOffset: 208, as: UInt16.self)
-        var levels = [UInt8](repeating: 32, count: 256)
+        levels.initialize(repeating: 32, count: 256)
         for ib in 0..<16 {
             let s = Int8(clamping: min(127, nearest(iscale * scales[ib])))
             y.storeBytes(of: s, toByteOffset: 192 + ib, as: Int8.self)
@@ -159,8 +164,8 @@ public enum Quantizer {
     /// `make_qkx2_quants`: levels 0...nmax with a scale and a (non-positive) offset minimising
     /// the weighted squared error, trying `steps + 1` scales around the range's own. Returns
     /// (scale, -offset).
-    static func makeQKX2(_ x: UnsafePointer<Float>, _ w: [Float], nmax: Int, into L: UnsafeMutablePointer<UInt8>,
-                         rmin: Float, rdelta: Float, steps: Int) -> (Float, Float) {
+    static func makeQKX2(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, nmax: Int, into L: UnsafeMutablePointer<UInt8>,
+                         aux: UnsafeMutablePointer<UInt8>, rmin: Float, rdelta: Float, steps: Int) -> (Float, Float) {
         let n = 32
         var lo = x[0], hi = x[0], sumW = w[0], sumX = w[0] * x[0]
         for i in 1..<n {
@@ -179,7 +184,6 @@ public enum Quantizer {
             let diff = scale * Float(l) + lo - x[i]
             bestError += w[i] * diff * diff
         }
-        var aux = [UInt8](repeating: 0, count: n)
         for step in 0...steps {
             iscale = (rmin + rdelta * Float(step) + Float(nmax)) / (hi - lo)
             var sumL: Float = 0, sumL2: Float = 0, sumXL: Float = 0
@@ -212,15 +216,12 @@ public enum Quantizer {
     }
 
     /// `make_qx_quants` with `rmse_type` 1: symmetric levels -nmax..<nmax weighted by x², 19
-    /// scales tried. Writes levels + nmax into `L` (as Int8 bit patterns) and returns the scale.
-    static func makeQX(_ x: UnsafePointer<Float>, nmax: Int, into L: UnsafeMutablePointer<Int8>) -> Float {
+    /// scales tried; returns the scale (Q6_K recomputes the levels from the stored scales).
+    static func makeQX(_ x: UnsafePointer<Float>, nmax: Int) -> Float {
         let n = 16
         var amax: Float = 0, signedMax: Float = 0
         for i in 0..<n where abs(x[i]) > amax { amax = abs(x[i]); signedMax = x[i] }
-        guard amax >= 1e-15 else {
-            for i in 0..<n { L[i] = 0 }
-            return 0
-        }
+        guard amax >= 1e-15 else { return 0 }
         func sums(_ iscale: Float) -> (Float, Float) {
             var sumLX: Float = 0, sumL2: Float = 0
             for i in 0..<n {
@@ -230,21 +231,15 @@ public enum Quantizer {
             }
             return (sumLX, sumL2)
         }
-        var iscale = -Float(nmax) / signedMax
-        let (sumLX, sumL2) = sums(iscale)
+        let (sumLX, sumL2) = sums(-Float(nmax) / signedMax)
         var scale = sumL2 != 0 ? sumLX / sumL2 : 0, best = scale * sumLX
-        var bestIscale = iscale
         for step in -9...9 where step != 0 {
-            let candidate = -(Float(nmax) + 0.1 * Float(step)) / signedMax
-            let (lx, l2) = sums(candidate)
+            let (lx, l2) = sums(-(Float(nmax) + 0.1 * Float(step)) / signedMax)
             if l2 > 0 && lx * lx > best * l2 {
                 scale = lx / l2
                 best = scale * lx
-                bestIscale = candidate
             }
         }
-        iscale = bestIscale
-        for i in 0..<n { L[i] = Int8(max(-nmax, min(nmax - 1, nearest(iscale * x[i]))) + nmax) }
         return scale
     }
 }
