@@ -1,0 +1,230 @@
+// ggml's block formats (ggml-common.h's block structs; docs/gguf.md), included by
+// kernel_bodies.h with its vector types and parameters: how many bytes a block of weights
+// takes, and its weights as float32, each computed as ggml's dequantize_row_* computes it.
+// The faster paths at the end compute the same values, so every kernel over quantized weights
+// equals the float32 kernel over the dequantized ones, bit for bit (QuantizedKernelTests).
+
+// IEEE binary16 -> float32, exactly: the 15 magnitude bits moved into float32's places read as
+// a float 2^112 too small, normal and subnormal halves alike, and one multiply by a power of
+// two rescales them without rounding; Inf and NaN keep an all-ones exponent.
+INLINE float half_to_float(uint16_t h) {
+#if SHOAL_F16C
+    return _cvtsh_ss(h);  // F16C, exact
+#endif
+    uint32_t bits = (uint32_t)(h & 0x7fff) << 13;
+    float f;
+    if ((h & 0x7c00) == 0x7c00) {
+        bits |= 0x7f800000;
+        __builtin_memcpy(&f, &bits, sizeof f);
+    } else {
+        __builtin_memcpy(&f, &bits, sizeof f);
+        f *= 0x1p112f;
+        __builtin_memcpy(&bits, &f, sizeof f);
+    }
+    bits |= (uint32_t)(h & 0x8000) << 16;
+    __builtin_memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+// Weights per block and bytes per block of each weight type (ggml-common.h's block structs).
+INLINE size_t block_weights(int wt) {
+    return wt <= SHOAL_W_BF16 ? 1 : wt <= SHOAL_W_Q4_0 ? 32 : 256;
+}
+INLINE size_t block_bytes(int wt) {
+    switch (wt) {
+    case SHOAL_W_F32: return 4;
+    case SHOAL_W_BF16: return 2;
+    case SHOAL_W_Q8_0: return 34;
+    case SHOAL_W_Q4_0: return 18;
+    case SHOAL_W_Q4_K: return 144;
+    case SHOAL_W_Q5_K: return 176;
+    default: return 210;  // Q6_K
+    }
+}
+// Bytes of the first n weights of a row (n a whole number of blocks; rounded down otherwise,
+// which only prefetch addresses rely on).
+INLINE size_t wbytes(int wt, size_t n) { return n / block_weights(wt) * block_bytes(wt); }
+// Weights between two software prefetches of a streamed row: one per 64-byte line or more often.
+INLINE size_t line_weights(int wt) {
+    return wt == SHOAL_W_F32 ? 16 : wt <= SHOAL_W_Q8_0 ? 32 : 64;
+}
+
+// A block's multipliers, decoded once per block: Q8_0 / Q4_0 a[0] = d; Q4_K / Q5_K per 32-weight
+// sub-block j, a[j] = d·scale_j and b[j] = dmin·min_j; Q6_K per 16-weight sub-block j,
+// a[j] = d·scale_j. Each product is the float32 ggml's dequantize_row_* forms first.
+typedef struct { float a[16], b[8]; } block_head;
+
+INLINE void decode_head(int wt, const uint8_t *b, block_head *h) {
+#pragma clang fp contract(off)
+    switch (wt) {
+    case SHOAL_W_Q8_0:
+    case SHOAL_W_Q4_0:
+        h->a[0] = half_to_float(load_u16(b));
+        break;
+    case SHOAL_W_Q4_K:
+    case SHOAL_W_Q5_K: {
+        // ggml's get_scale_min_k4 for all 8 sub-blocks at once: j < 4 takes q[j] & 63 and q[j+4] & 63;
+        // j >= 4 the nibbles of q[j+4] with the top two bits of q[j-4] and q[j].
+        typedef uint8_t u8x16 __attribute__((ext_vector_type(16)));
+        typedef uint8_t u8x8 __attribute__((ext_vector_type(8)));
+        typedef float f8 __attribute__((ext_vector_type(8)));
+        u8x16 q = 0;
+        __builtin_memcpy(&q, b + 4, 12);
+        const u8x8 first = {0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0};
+        u8x8 sc_low = SHUFFLE(q, q, 0, 1, 2, 3, 8, 9, 10, 11), m_low = SHUFFLE(q, q, 4, 5, 6, 7, 8, 9, 10, 11);
+        u8x8 sc_top = (SHUFFLE(q, q, 0, 1, 2, 3, 0, 1, 2, 3) >> 6) << 4, m_top = (SHUFFLE(q, q, 0, 1, 2, 3, 4, 5, 6, 7) >> 6) << 4;
+        u8x8 sc = ((sc_low & 63) & first) | (((sc_low & 0xF) | sc_top) & ~first);
+        u8x8 m = ((m_low & 63) & first) | (((m_low >> 4) | m_top) & ~first);
+        f8 a = __builtin_convertvector(sc, f8) * half_to_float(load_u16(b));
+        f8 mins = __builtin_convertvector(m, f8) * half_to_float(load_u16(b + 2));
+        __builtin_memcpy(h->a, &a, sizeof a);
+        __builtin_memcpy(h->b, &mins, sizeof mins);
+        break;
+    }
+    default: {  // Q6_K: d is last
+        typedef int8_t i8x16 __attribute__((ext_vector_type(16)));
+        typedef float f16v __attribute__((ext_vector_type(16)));
+        i8x16 sc;
+        __builtin_memcpy(&sc, b + 192, sizeof sc);
+        f16v a = half_to_float(load_u16(b + 208)) * __builtin_convertvector(sc, f16v);
+        __builtin_memcpy(h->a, &a, sizeof a);
+    }
+    }
+}
+
+// Weights o ..< o + VW of a block (o a multiple of VW; a constant where the caller unrolls),
+// computed as ggml's dequantize_row_* computes them, in the same order, with contraction off:
+// an FMA here would round differently from the dequantized weights the references use.
+INLINE vf block_vec(int wt, const uint8_t *b, size_t o, const block_head *h) {
+#pragma clang fp contract(off)
+    switch (wt) {
+    case SHOAL_W_Q8_0: {  // d, int8 qs[32]
+        vsb q;
+        __builtin_memcpy(&q, b + 2 + o, sizeof q);
+        return __builtin_convertvector(q, vf) * h->a[0];
+    }
+    case SHOAL_W_Q4_0: {  // d, qs[16]: weight j the low nibble of qs[j], j + 16 its high nibble
+        vb q = load_bytes(b + 2 + (o & 15));
+        vb nibble = o < 16 ? q & 15 : q >> 4;
+        return (__builtin_convertvector(nibble, vf) - 8.0f) * h->a[0];
+    }
+    case SHOAL_W_Q4_K: {  // d, dmin, scales[12], qs[128]: chunk o/64's low nibbles, then its high ones
+        const size_t s = o / 32;
+        vb q = load_bytes(b + 16 + 32 * (o / 64) + o % 32);
+        vb nibble = (s & 1) ? q >> 4 : q & 15;
+        return h->a[s] * __builtin_convertvector(nibble, vf) - h->b[s];
+    }
+    case SHOAL_W_Q5_K: {  // d, dmin, scales[12], qh[32], qs[128]; bit s of qh[l] is the fifth bit
+        const size_t s = o / 32;
+        vb q = load_bytes(b + 48 + 32 * (o / 64) + o % 32);
+        vb high = load_bytes(b + 16 + o % 32);
+        vb nibble = (s & 1) ? q >> 4 : q & 15;
+        vb fifth = ((high >> (uint8_t)s) & 1) << 4;
+        return h->a[s] * __builtin_convertvector(nibble | fifth, vf) - h->b[s];
+    }
+    default: {  // Q6_K: ql[128], qh[64], int8 scales[16], d; two halves of 128
+        const size_t half = o / 128, quarter = (o % 128) / 32, l = o % 32;
+        vb low = load_bytes(b + 64 * half + 32 * (quarter & 1) + l);
+        vb high = load_bytes(b + 128 + 32 * half + l);
+        vb nibble = quarter >= 2 ? low >> 4 : low & 15;
+        vb top = ((high >> (uint8_t)(2 * quarter)) & 3) << 4;
+        vf q = __builtin_convertvector(nibble | top, vf) - 32.0f;
+        return h->a[8 * half + l / 16 + 2 * quarter] * q;
+    }
+    }
+}
+
+// VW weights of a block format starting at weight i of the matrix (i a multiple of VW; blocks
+// follow each other across rows): the block's head decoded for this one vector.
+INLINE vf load_block_weights(const void *w, size_t i, int wt) {
+    const size_t qk = block_weights(wt);
+    const uint8_t *b = (const uint8_t *)w + i / qk * block_bytes(wt);
+    block_head h;
+    decode_head(wt, b, &h);
+    return block_vec(wt, b, i % qk, &h);
+}
+
+// One Q6_K block of S rows (`step` bytes apart) into their accumulators: the 6-bit values of
+// a half (128 weights) are put together 32 bytes at a time, 32 subtracted as bytes, before each
+// group of VW is widened; each weight is then d·scale · (q − 32) as block_vec computes it,
+// multiplied in the same order, so the same bits.
+INLINE void q6K_block(const uint8_t *w, size_t step, int S, const block_head *head, const float *x, vf *acc) {
+    typedef uint8_t u8x32 __attribute__((ext_vector_type(32)));
+    UNROLL for (int half = 0; half < 2; half++) {
+        UNROLL for (int i = 0; i < S; i++) {
+            const uint8_t *b = w + i * step;
+            u8x32 L0, L1, H;
+            __builtin_memcpy(&L0, b + 64 * half, 32);
+            __builtin_memcpy(&L1, b + 64 * half + 32, 32);
+            __builtin_memcpy(&H, b + 128 + 32 * half, 32);
+            u8x32 q[4] = {((L0 & 15) | ((H << 4) & 0x30)) - 32, ((L1 & 15) | ((H << 2) & 0x30)) - 32,
+                          ((L0 >> 4) | (H & 0x30)) - 32, ((L1 >> 4) | ((H >> 2) & 0x30)) - 32};
+            UNROLL for (int quarter = 0; quarter < 4; quarter++) {
+                UNROLL for (int part = 0; part < 32 / VW; part++) {
+                    vsb v;
+                    __builtin_memcpy(&v, (const int8_t *)&q[quarter] + part * VW, sizeof v);
+                    const float a = head[i].a[8 * half + part * VW / 16 + 2 * quarter];
+                    vf wv = a * __builtin_convertvector(v, vf);  // a product, never fused into the sum below
+                    acc[i] += wv * load_f32(x + 128 * half + 32 * quarter + part * VW);
+                }
+            }
+        }
+    }
+}
+
+#if SHOAL_VW == 16 && defined(__x86_64__)
+// Chunk c (weights 64c ..< 64c + 64) of a Q4_K block as 4 vectors, AVX-512: each sub-block's 16
+// possible weights d·scale·q − dmin·min (q = 0...15) are computed once, exactly as block_vec
+// computes each weight, and the nibbles pick from them with one permute (vpermps reads only the
+// low 4 bits of each index). Fewer instructions per weight than converting each nibble, and the
+// same weights: the same bits as block_vec.
+INLINE void q4K_chunk_avx512(const uint8_t *b, const block_head *h, int c, vf *out) {
+#pragma clang fp contract(off)
+    const vf iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    vf lo = h->a[2 * c] * iota - h->b[2 * c], hi = h->a[2 * c + 1] * iota - h->b[2 * c + 1];
+    const uint8_t *q = b + 16 + 32 * c;
+    __m512i b0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q));
+    __m512i b1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)));
+    out[0] = (vf)_mm512_permutexvar_ps(b0, (__m512)lo);
+    out[1] = (vf)_mm512_permutexvar_ps(b1, (__m512)lo);
+    out[2] = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(b0, 4), (__m512)hi);
+    out[3] = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(b1, 4), (__m512)hi);
+}
+
+// One Q4_K block of S rows (`step` bytes apart) into their accumulators.
+INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, const block_head *head, const float *x,
+                             vf *acc) {
+    UNROLL for (int c = 0; c < 4; c++) {
+        vf xs[4] = {load_f32(x + 64 * c), load_f32(x + 64 * c + 16), load_f32(x + 64 * c + 32),
+                    load_f32(x + 64 * c + 48)};
+        UNROLL for (int i = 0; i < S; i++) {
+            vf wv[4];
+            q4K_chunk_avx512(w + i * step, &head[i], c, wv);
+            UNROLL for (int j = 0; j < 4; j++) acc[i] += wv[j] * xs[j];
+        }
+    }
+}
+#endif
+
+// out[0 ..< kc] = weights k0 ..< k0 + kc of the block-format row starting at `row` (k0 and kc
+// whole blocks), each block's head decoded once: the values block_vec gives.
+INLINE void dequantize_span(const uint8_t *row, int wt, size_t k0, size_t kc, float *out) {
+    const size_t qk = block_weights(wt), bb = block_bytes(wt);
+    for (size_t k = k0; k < k0 + kc; k += qk) {
+        const uint8_t *b = row + k / qk * bb;
+        block_head h;
+        decode_head(wt, b, &h);
+        float *o = out + (k - k0);
+#if SHOAL_VW == 16 && defined(__x86_64__)
+        if (wt == SHOAL_W_Q4_K) {
+            UNROLL for (int c = 0; c < 4; c++) {
+                vf wv[4];
+                q4K_chunk_avx512(b, &h, c, wv);
+                UNROLL for (int j = 0; j < 4; j++) store_f32(o + 64 * c + 16 * j, wv[j]);
+            }
+            continue;
+        }
+#endif
+        UNROLL for (size_t v = 0; v < qk; v += VW) store_f32(o + v, block_vec(wt, b, v, &h));
+    }
+}
