@@ -41,13 +41,9 @@ INLINE size_t block_bytes(int wt) {
     default: return 210;  // Q6_K
     }
 }
-// Bytes of the first n weights of a row (n a whole number of blocks; rounded down otherwise,
-// which only prefetch addresses rely on).
+// Bytes of the first n weights of a row (n a whole number of blocks; for the float types,
+// any n).
 INLINE size_t wbytes(int wt, size_t n) { return n / block_weights(wt) * block_bytes(wt); }
-// Weights between two software prefetches of a streamed row: one per 64-byte line or more often.
-INLINE size_t line_weights(int wt) {
-    return wt == SHOAL_W_F32 ? 16 : wt <= SHOAL_W_Q8_0 ? 32 : 64;
-}
 
 // A block's multipliers, decoded once per block: Q8_0 / Q4_0 a[0] = d; Q4_K / Q5_K per 32-weight
 // sub-block j, a[j] = d·scale_j and b[j] = dmin·min_j; Q6_K per 16-weight sub-block j,
@@ -132,16 +128,6 @@ INLINE vf block_vec(int wt, const uint8_t *b, size_t o, const block_head *h) {
         return h->a[8 * half + l / 16 + 2 * quarter] * q;
     }
     }
-}
-
-// VW weights of a block format starting at weight i of the matrix (i a multiple of VW; blocks
-// follow each other across rows): the block's head decoded for this one vector.
-INLINE vf load_block_weights(const void *w, size_t i, int wt) {
-    const size_t qk = block_weights(wt);
-    const uint8_t *b = (const uint8_t *)w + i / qk * block_bytes(wt);
-    block_head h;
-    decode_head(wt, b, &h);
-    return block_vec(wt, b, i % qk, &h);
 }
 
 // One Q6_K block of S rows (`step` bytes apart) into their accumulators: the 6-bit values of

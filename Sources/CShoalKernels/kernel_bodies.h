@@ -88,26 +88,22 @@ INLINE vf load_bf16(const uint16_t *p) {
 // per-format paths.
 #include "block_formats.h"
 
-// Weights i ..< i + VW of a matrix of type `wt` (a constant after inlining).
+// The float kernels below (gemv_rows, the GEMM tiles) read f32 or bf16 weights: a block format
+// goes through its own GEMV (gemv_rows_blocks) or is dequantized into a float32 scratch first.
+
+// Weights i ..< i + VW of a float matrix; `wt` (SHOAL_W_F32 or _BF16) is a constant after inlining.
 INLINE vf load_w(const void *w, size_t i, int wt) {
-    switch (wt) {
-    case SHOAL_W_F32: return load_f32((const float *)w + i);
-    case SHOAL_W_BF16: return load_bf16((const uint16_t *)w + i);
-    default: return load_block_weights(w, i, wt);
-    }
+    return wt == SHOAL_W_BF16 ? load_bf16((const uint16_t *)w + i) : load_f32((const float *)w + i);
 }
-// Weight i alone (the tails of rows whose length is not a multiple of VW: float types only,
-// since a block holds a multiple of VW weights).
 INLINE float scalar_w(const void *w, size_t i, int wt) {
-    if (wt == SHOAL_W_F32) return ((const float *)w)[i];
-    if (wt == SHOAL_W_BF16) {
-        uint32_t bits = (uint32_t)((const uint16_t *)w)[i] << 16;
-        float f;
-        __builtin_memcpy(&f, &bits, sizeof f);
-        return f;
-    }
-    return load_w(w, i - i % VW, wt)[i % VW];
+    if (wt != SHOAL_W_BF16) return ((const float *)w)[i];
+    uint32_t bits = (uint32_t)((const uint16_t *)w)[i] << 16;
+    float f;
+    __builtin_memcpy(&f, &bits, sizeof f);
+    return f;
 }
+// Weights between two software prefetches of a streamed float row: one per 64-byte line.
+INLINE size_t line_weights(int wt) { return wt == SHOAL_W_BF16 ? 32 : 16; }
 
 // ---- reductions ----------------------------------------------------------------------------
 
@@ -360,18 +356,19 @@ INLINE void gemm_streams(const void *W, int wt, size_t cols, const float *X, siz
 // per token tile); the tiles then compute exactly what they compute over the quantized block.
 INLINE void gemm_blocked(const void *W, int wt, size_t cols, const float *X, size_t ldx,
                       size_t n, float *Y, size_t ldy, size_t r0, size_t r1) {
-    float *scratch = wt > SHOAL_W_BF16 ? malloc(MC * KC * sizeof(float)) : NULL;
+    const int blocks = wt > SHOAL_W_BF16;  // a constant after inlining
+    float *scratch = blocks ? malloc(MC * KC * sizeof(float)) : NULL;
     for (size_t k0 = 0; k0 < cols; k0 += KC) {
         size_t kc = cols - k0 < KC ? cols - k0 : KC;
         for (size_t r = r0; r < r1; r += MC) {
             size_t R = r1 - r < MC ? r1 - r : MC;
-            const char *block = (const char *)W + wbytes(wt, r * cols + k0);
-            if (scratch) {
+            if (blocks) {
                 for (size_t i = 0; i < R; i++)
                     dequantize_span((const uint8_t *)W + wbytes(wt, (r + i) * cols), wt, k0, kc, scratch + i * kc);
                 gemm_rows(scratch, SHOAL_W_F32, kc, R, X + k0, ldx, kc, n, Y + r, ldy, k0 > 0);
             } else {
-                gemm_rows(block, wt, cols, R, X + k0, ldx, kc, n, Y + r, ldy, k0 > 0);
+                gemm_rows((const char *)W + wbytes(wt, r * cols + k0), wt, cols, R, X + k0, ldx, kc, n, Y + r,
+                          ldy, k0 > 0);
             }
         }
     }

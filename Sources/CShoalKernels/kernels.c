@@ -63,26 +63,6 @@ int shoal_kernels_set_thread_isa(int level) {
     return thread_level = table_for(level < best ? level : best)->level;
 }
 
-void shoal_gemv_f32(const float *w, size_t cols, const float *x, float *y, size_t r0,
-                    size_t r1) {
-    table()->gemv(SHOAL_W_F32, w, cols, x, y, r0, r1);
-}
-
-void shoal_gemv_bf16(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0,
-                     size_t r1) {
-    table()->gemv(SHOAL_W_BF16, w, cols, x, y, r0, r1);
-}
-
-void shoal_gemm_f32(const float *w, size_t cols, const float *x, size_t ldx, size_t n,
-                    float *y, size_t ldy, size_t r0, size_t r1) {
-    table()->gemm(SHOAL_W_F32, w, cols, x, ldx, n, y, ldy, r0, r1);
-}
-
-void shoal_gemm_bf16(const uint16_t *w, size_t cols, const float *x, size_t ldx, size_t n,
-                     float *y, size_t ldy, size_t r0, size_t r1) {
-    table()->gemm(SHOAL_W_BF16, w, cols, x, ldx, n, y, ldy, r0, r1);
-}
-
 void shoal_gemv(int wt, const void *w, size_t cols, const float *x, float *y, size_t r0,
                 size_t r1) {
     table()->gemv(wt, w, cols, x, y, r0, r1);

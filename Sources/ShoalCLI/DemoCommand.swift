@@ -137,20 +137,12 @@ struct DemoCommand: ParsableCommand {
         }
     }
 
-    /// The cached model quantized by `mix` as a GGUF file beside it, written once (with a
-    /// progress bar) into a temporary name renamed at the end.
+    /// The cached model quantized by `mix` as a GGUF file beside it, written once.
     private func cachedQuantized(_ mix: QuantizationMix, from folder: String) throws -> String {
         let path = cache + ".\(mix.rawValue).gguf"
         if FileManager.default.fileExists(atPath: path) { return path }
         say("writing the mini model quantized as \(mix.rawValue) to \(path) (once)")
-        let partial = path + ".partial-\(getpid())"
-        var progress: ProgressBar?
-        try GGUFExport.write(try Checkpoint(folder: folder), mix: mix, to: partial, pool: ComputePool(threads: threads)) { step in
-            if progress == nil { progress = ProgressBar("quantize \(mix.rawValue)", total: step.bytesTotal, unit: .bytes) }
-            progress?.update(step.bytesDone, label: step.tensor)
-        }
-        progress?.finish()
-        try FileManager.default.moveItem(atPath: partial, toPath: path)
+        try writeGGUF(try Checkpoint(folder: folder), mix: mix, to: path, threads: threads)
         return path
     }
 

@@ -1,24 +1,19 @@
 import Foundation
 
-/// Progress of long work on stderr: a bar with rate and ETA redrawn in place on a terminal, a
-/// line per step otherwise (logs and pipes get no carriage returns).
+/// Progress of long work measured in bytes, on stderr: a bar with rate and ETA redrawn in place
+/// on a terminal, a line per step otherwise (logs and pipes get no carriage returns).
 final class ProgressBar {
     private let title: String
     private let total: Int
-    private let unit: Unit
     private let start = Date()
     private let isTerminal = isatty(STDERR_FILENO) == 1
     private var lastDraw = Date.distantPast
     private var lastLabel = ""
     private var finished = false
 
-    /// What `total` counts: bytes (shown in MB/GB) or items.
-    enum Unit { case bytes, items(String) }
-
-    init(_ title: String, total: Int, unit: Unit) {
+    init(_ title: String, totalBytes: Int) {
         self.title = title
-        self.total = max(total, 1)
-        self.unit = unit
+        total = max(totalBytes, 1)
     }
 
     /// `done` of `total` so far; `label` names the current step. Redraws at most 10 times a
@@ -32,13 +27,13 @@ final class ProgressBar {
             let filled = Int(fraction * Double(width))
             let bar = String(repeating: "=", count: filled) + (filled < width ? ">" : "")
                 + String(repeating: " ", count: max(0, width - filled - 1))
-            let line = "\(title) [\(bar)] \(Int(fraction * 100))% \(amount(done))/\(amount(total)) \(rate(done, now)) \(eta(done, now)) \(label)"
+            let line = "\(title) [\(bar)] \(Int(fraction * 100))% \(formatBytes(done))/\(formatBytes(total)) \(rate(done, now)) \(eta(done, now)) \(label)"
             FileHandle.standardError.write(Data(("\r" + line.prefix(160) + "\u{1B}[K").utf8))
         } else if !finished && (label != lastLabel || done >= total) {
             lastLabel = label
             finished = done >= total
             let percent = Int(min(1, Double(done) / Double(total)) * 100)
-            printErr("\(title): \(percent)% \(amount(done))/\(amount(total)) \(rate(done, now)) \(eta(done, now)) \(label)")
+            printErr("\(title): \(percent)% \(formatBytes(done))/\(formatBytes(total)) \(rate(done, now)) \(eta(done, now)) \(label)")
         }
     }
 
@@ -48,21 +43,10 @@ final class ProgressBar {
         if isTerminal { FileHandle.standardError.write(Data("\n".utf8)) }
     }
 
-    private func amount(_ n: Int) -> String {
-        switch unit {
-        case .bytes: return formatBytes(n)
-        case let .items(name): return "\(n) \(name)"
-        }
-    }
-
     private func rate(_ done: Int, _ now: Date) -> String {
         let seconds = now.timeIntervalSince(start)
         guard seconds > 0.2 else { return "" }
-        let perSecond = Double(done) / seconds
-        switch unit {
-        case .bytes: return formatBytes(Int(perSecond)) + "/s"
-        case let .items(name): return String(format: "%.1f %@/s", perSecond, name)
-        }
+        return formatBytes(Int(Double(done) / seconds)) + "/s"
     }
 
     private func eta(_ done: Int, _ now: Date) -> String {

@@ -21,22 +21,7 @@ struct QuantizeCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let checkpoint = try Checkpoint(folder: model)
-            let pool = ComputePool(threads: threads)
-            let partial = out + ".partial"
-            var bar: ProgressBar?
-            do {
-                try GGUFExport.write(checkpoint, mix: mix, to: partial, pool: pool) { step in
-                    if bar == nil { bar = ProgressBar("quantize \(mix.rawValue)", total: step.bytesTotal, unit: .bytes) }
-                    bar?.update(step.bytesDone, label: step.tensor.isEmpty ? "" : "tensor \(step.tensorIndex + 1)/\(step.tensorCount) \(step.tensor)")
-                }
-                bar?.finish()
-                if FileManager.default.fileExists(atPath: out) { try FileManager.default.removeItem(atPath: out) }
-                try FileManager.default.moveItem(atPath: partial, toPath: out)
-            } catch {
-                try? FileManager.default.removeItem(atPath: partial)
-                throw error
-            }
+            try writeGGUF(try Checkpoint(folder: model), mix: mix, to: out, threads: threads)
             let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
             print("wrote \(out): \(formatBytes(size)), \(mix.rawValue)")
         }
@@ -44,3 +29,23 @@ struct QuantizeCommand: ParsableCommand {
 }
 
 extension QuantizationMix: ExpressibleByArgument {}
+
+/// Writes `checkpoint` as a GGUF file at `path` in `mix` with a progress bar on stderr: into
+/// `path.partial` first, renamed at the end, so an interrupted write never leaves a file that
+/// looks whole (the partial one is removed on error).
+func writeGGUF(_ checkpoint: Checkpoint, mix: QuantizationMix, to path: String, threads: Int) throws {
+    let partial = path + ".partial"
+    var bar: ProgressBar?
+    do {
+        try GGUFExport.write(checkpoint, mix: mix, to: partial, pool: ComputePool(threads: threads)) { step in
+            if bar == nil { bar = ProgressBar("quantize \(mix.rawValue)", totalBytes: step.bytesTotal) }
+            bar?.update(step.bytesDone, label: step.tensor.isEmpty ? "" : "tensor \(step.tensorIndex + 1)/\(step.tensorCount) \(step.tensor)")
+        }
+        bar?.finish()
+        if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+        try FileManager.default.moveItem(atPath: partial, toPath: path)
+    } catch {
+        try? FileManager.default.removeItem(atPath: partial)
+        throw error
+    }
+}

@@ -1,9 +1,6 @@
 import Foundation
 import ShoalTensor
 import ShoalTokenizer
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Which on-disk convention a checkpoint follows. The tensor names of each live here and only here.
 public enum CheckpointLayout: String, Sendable {
@@ -74,24 +71,10 @@ struct StoredTensor {
     let bytes: UnsafeRawBufferPointer
 
     /// Asks the kernel to read these bytes ahead.
-    func willNeed() { advise(MADV_WILLNEED) }
+    func willNeed() { MappedPages.willNeed(bytes) }
 
-    /// Unmaps these bytes' pages from this process (they stay in the page cache): for weights
-    /// that were copied, so they no longer count in its resident memory. Only whole pages
-    /// inside the tensor are dropped, never a neighbour's.
-    func dontNeed() {
-        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = (Int(bitPattern: base) + page - 1) / page * page, end = (Int(bitPattern: base) + bytes.count) / page * page
-        if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED) }
-    }
-
-    private func advise(_ advice: Int32) {
-        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = Int(bitPattern: base) / page * page
-        _ = madvise(UnsafeMutableRawPointer(bitPattern: start), Int(bitPattern: base) + bytes.count - start, advice)
-    }
+    /// Drops these bytes' pages from this process, once they were copied or quantized.
+    func dontNeed() { MappedPages.dontNeed(bytes) }
 }
 
 /// An opened checkpoint: a model folder (either safetensors layout) or a GGUF file, with its
@@ -118,7 +101,7 @@ public final class Checkpoint: @unchecked Sendable {
     /// Weights made at load (f16 widened to f32, quantized copies), owned here.
     private var owned: [UnsafeMutableRawPointer] = []
     /// Threads that quantize rows at load, one per core, made on first use.
-    private lazy var quantizingPool = ComputePool(threads: max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+    private lazy var quantizingPool = ComputePool(threads: Engine.defaultThreads)
 
     /// Opens `folder`: a Hugging Face or Mistral folder, or a GGUF file (the name is kept for the
     /// callers that only ever passed folders). With `quantize`, float weights are quantized by
@@ -186,7 +169,8 @@ public final class Checkpoint: @unchecked Sendable {
         return try SentencePieceTokenizer(contentsOf: try requireTokenizerPath())
     }
 
-    /// A weight matrix `[rows, cols]`, checked against the expected shape.
+    /// A weight matrix `[rows, cols]`, checked against the expected shape: mapped as stored,
+    /// f16 widened to f32, or quantized by `quantization` (into memory owned here).
     func matrix(_ tensor: TensorName, rows: Int, cols: Int) throws -> Matrix {
         let t = try stored(tensor)
         guard t.shape == [rows, cols] else {
@@ -194,58 +178,43 @@ public final class Checkpoint: @unchecked Sendable {
         }
         guard let dtype = t.dtype else { throw ModelLoadError.unsupportedDType(name: t.name, dtype: t.typeName) }
         t.willNeed()
-        if let mix = quantization, !dtype.isQuantized {
-            return try quantized(tensor, t, dtype, mix.type(for: tensor, layers: config.layers), rows: rows, cols: cols)
+        let widened = dtype == .f16 ? Self.widen(t, rows: rows, cols: cols) : nil
+        let source = widened ?? Matrix(dtype: dtype, rows: rows, cols: cols, base: t.bytes.baseAddress!)
+        guard let mix = quantization, !dtype.isQuantized else {
+            if let widened { owned.append(UnsafeMutableRawPointer(mutating: widened.base)) }
+            return source
         }
-        if dtype == .f16 {
-            let out = UnsafeMutableRawPointer.allocate(byteCount: rows * cols * 4, alignment: 64)
-            owned.append(out)
-            let f = out.bindMemory(to: Float.self, capacity: rows * cols)
-            for i in 0..<(rows * cols) {
-                f[i] = Float(Float16(bitPattern: t.bytes.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)))
-            }
-            return Matrix(dtype: .f32, rows: rows, cols: cols, base: UnsafeRawPointer(out))
-        }
-        return Matrix(dtype: dtype, rows: rows, cols: cols, base: t.bytes.baseAddress!)
+        defer { widened.map { UnsafeMutableRawPointer(mutating: $0.base).deallocate() } }
+        return try quantized(tensor, source, name: t.name, to: mix.type(for: tensor, layers: config.layers), dropping: t)
     }
 
-    /// A float matrix quantized row by row into memory owned here (q/k rows moved to the
-    /// interleaved order when the file has them in the half-split one); the file's pages are
-    /// then dropped from this process.
-    private func quantized(_ tensor: TensorName, _ t: StoredTensor, _ dtype: DType, _ target: DType,
-                           rows: Int, cols: Int) throws -> Matrix {
-        guard cols % target.blockWeights == 0 else {
-            throw ModelLoadError.badConfig(file: folder, detail: "\(t.name): rows of \(cols) weights cannot be quantized to \(target.rawValue) (blocks of \(target.blockWeights))")
+    /// An f16 matrix widened into a new float32 buffer, which the caller owns.
+    private static func widen(_ t: StoredTensor, rows: Int, cols: Int) -> Matrix {
+        let out = UnsafeMutablePointer<Float>.allocate(capacity: rows * cols)
+        for i in 0..<(rows * cols) {
+            out[i] = Float(Float16(bitPattern: t.bytes.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)))
         }
-        var permuted: Int?
+        return Matrix(dtype: .f32, rows: rows, cols: cols, base: UnsafeRawPointer(out))
+    }
+
+    /// `source` quantized row by row into memory owned here, as `shoal quantize` writes it (q/k
+    /// rows moved to the interleaved order when the file has them in the half-split one); the
+    /// stored tensor's file pages are then dropped from this process.
+    private func quantized(_ tensor: TensorName, _ source: Matrix, name: String, to target: DType,
+                           dropping stored: StoredTensor) throws -> Matrix {
+        guard source.cols % target.blockWeights == 0 else {
+            throw ModelLoadError.badConfig(file: folder, detail: "\(name): rows of \(source.cols) weights cannot be quantized to \(target.rawValue) (blocks of \(target.blockWeights))")
+        }
+        var heads: Int?
         if layout.ropeStyle == .halfSplit {
-            if case .wq = tensor { permuted = config.heads }
-            if case .wk = tensor { permuted = config.kvHeads }
+            if case .wq = tensor { heads = config.heads }
+            if case .wk = tensor { heads = config.kvHeads }
         }
-        let heads = permuted
-        let f16 = dtype == .f16
-        let source = f16 ? nil : Matrix(dtype: dtype, rows: rows, cols: cols, base: t.bytes.baseAddress!)
-        let rowBytes = target.rowBytes(cols)
-        let out = UnsafeMutableRawPointer.allocate(byteCount: max(1, rows * rowBytes), alignment: 64)
+        let out = UnsafeMutableRawPointer.allocate(byteCount: max(1, source.rows * target.rowBytes(source.cols)), alignment: 64)
         owned.append(out)
-        let parts = min(rows, 64)
-        quantizingPool.parallelFor(parts) { part in
-            let row = UnsafeMutablePointer<Float>.allocate(capacity: cols)
-            defer { row.deallocate() }
-            for r in (rows * part / parts)..<(rows * (part + 1) / parts) {
-                let s = GGUFExport.sourceRow(r, heads: heads, rows: rows)
-                if let source {
-                    source.copyRow(s, into: row)
-                } else {
-                    for c in 0..<cols {
-                        row[c] = Float(Float16(bitPattern: t.bytes.loadUnaligned(fromByteOffset: (s * cols + c) * 2, as: UInt16.self)))
-                    }
-                }
-                Quantizer.quantize(target, row, count: cols, into: out + r * rowBytes)
-            }
-        }
-        t.dontNeed()
-        return Matrix(dtype: target, rows: rows, cols: cols, base: UnsafeRawPointer(out))
+        GGUFExport.quantizeRows(of: source, 0..<source.rows, permutingHeads: heads, to: target, into: out, pool: quantizingPool)
+        stored.dontNeed()
+        return Matrix(dtype: target, rows: source.rows, cols: source.cols, base: UnsafeRawPointer(out))
     }
 
     /// Drops a tensor's file pages from this process (after it was copied or quantized).

@@ -64,15 +64,8 @@ public enum GGUFExport {
                 defer { out.deallocate() }
                 for start in stride(from: 0, to: rows, by: chunkRows) {
                     let n = min(chunkRows, rows - start)
-                    let parts = min(n, pool.threadCount * ComputePool.chunksPerThread)
-                    pool.parallelFor(parts) { part in
-                        let row = UnsafeMutablePointer<Float>.allocate(capacity: cols)
-                        defer { row.deallocate() }
-                        for r in (n * part / parts)..<(n * (part + 1) / parts) {
-                            m.copyRow(sourceRow(start + r, heads: p.permuteHeads, rows: rows), into: row)
-                            Quantizer.quantize(p.tensor.type, row, count: cols, into: out + r * rowBytes)
-                        }
-                    }
+                    quantizeRows(of: m, start..<(start + n), permutingHeads: p.permuteHeads, to: p.tensor.type,
+                                 into: out, pool: pool)
                     try writer.write(UnsafeRawBufferPointer(start: out, count: n * rowBytes))
                     done += n * rowBytes
                     step()
@@ -82,6 +75,23 @@ public enum GGUFExport {
         }
         try writer.finish()
         progress(Step(tensor: "", tensorIndex: plan.count, tensorCount: plan.count, bytesDone: total, bytesTotal: total))
+    }
+
+    /// Rows `rows` of `m` (each moved from `sourceRow` when `permutingHeads` is given)
+    /// quantized to `type` into `out`, one row after another, split across `pool`.
+    static func quantizeRows(of m: Matrix, _ rows: Range<Int>, permutingHeads heads: Int?, to type: DType,
+                             into out: UnsafeMutableRawPointer, pool: ComputePool) {
+        let rowBytes = type.rowBytes(m.cols), n = rows.count
+        let parts = min(n, pool.threadCount * ComputePool.chunksPerThread)
+        guard parts > 0 else { return }
+        pool.parallelFor(parts) { part in
+            let row = UnsafeMutablePointer<Float>.allocate(capacity: m.cols)
+            defer { row.deallocate() }
+            for i in (n * part / parts)..<(n * (part + 1) / parts) {
+                m.copyRow(sourceRow(rows.lowerBound + i, heads: heads, rows: m.rows), into: row)
+                Quantizer.quantize(type, row, count: m.cols, into: out + i * rowBytes)
+            }
+        }
     }
 
     /// The row of a Hugging Face q/k projection that holds output row `r` in the interleaved

@@ -38,13 +38,12 @@ enum GGUFNames {
                 return StoredTensor(name: "\(mergedName)[expert \(e)]", typeName: t.type.rawValue, dtype: t.type,
                                     shape: [t.dims[1], t.dims[0]], bytes: slice)
             }
-            guard file.tensors[name(tensor, merged: false)] != nil else {
-                throw ModelLoadError.missingTensor(
-                    name: "\(mergedName) (or the per-expert \(name(tensor, merged: false)))", folder: file.path)
-            }
         }
         let n = name(tensor, merged: false)
-        guard let t = file.tensors[n] else { throw ModelLoadError.missingTensor(name: n, folder: file.path) }
+        guard let t = file.tensors[n] else {
+            let wanted = if case .expert = tensor { "\(name(tensor, merged: true)) (or the per-expert \(n))" } else { n }
+            throw ModelLoadError.missingTensor(name: wanted, folder: file.path)
+        }
         return StoredTensor(name: n, typeName: t.type.rawValue, dtype: t.type, shape: t.shape, bytes: file.data(t))
     }
 

@@ -41,9 +41,6 @@ public enum DType: String, Sendable, CaseIterable {
     /// Bytes of a row of `cols` weights; `cols` must be a whole number of blocks.
     public func rowBytes(_ cols: Int) -> Int { cols / blockWeights * blockBytes }
 
-    /// Average bits per weight (8.5 for Q8_0, 4.5 for Q4_K).
-    public var bitsPerWeight: Double { Double(blockBytes * 8) / Double(blockWeights) }
-
     /// The kernels' code for this type (`SHOAL_W_*`); f16 is widened to f32 at load.
     var kernelType: Int32 {
         switch self {

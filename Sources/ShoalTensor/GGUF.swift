@@ -128,7 +128,7 @@ public final class GGUFFile: @unchecked Sendable {
             version = header.version
             metadata = header.metadata
             tensorList = header.tensors
-            tensors = Dictionary(header.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+            tensors = Dictionary(uniqueKeysWithValues: header.tensors.map { ($0.name, $0) })  // names checked unique
             alignment = header.alignment
             dataOffset = header.dataOffset
         } catch {
@@ -142,14 +142,6 @@ public final class GGUFFile: @unchecked Sendable {
     /// The raw bytes of a tensor, valid as long as this file object lives.
     public func data(_ info: GGUFTensorInfo) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: mapping + info.offset, count: info.byteCount)
-    }
-
-    /// Asks the kernel to read `range` of a tensor's bytes ahead (a worker's experts).
-    public func willNeed(_ info: GGUFTensorInfo, bytes range: Range<Int>? = nil) {
-        let r = range ?? 0..<info.byteCount
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = (info.offset + r.lowerBound) / page * page
-        _ = madvise(mapping + start, info.offset + r.upperBound - start, MADV_WILLNEED)
     }
 
     /// A metadata value by key.

@@ -118,13 +118,6 @@ public final class SafetensorsFile: @unchecked Sendable {
         UnsafeRawBufferPointer(start: mapping + dataStart + info.range.lowerBound, count: info.range.count)
     }
 
-    /// Asks the kernel to read these bytes ahead (a worker's or coordinator's share of a file).
-    public func willNeed(_ info: TensorInfo) {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = (dataStart + info.range.lowerBound) / page * page
-        let end = dataStart + info.range.upperBound
-        _ = madvise(mapping + start, end - start, MADV_WILLNEED)
-    }
 
     /// Float32 copy of a tensor of any float or integer type (for tests and small tensors).
     public func floats(_ name: String) throws -> [Float] {
@@ -206,6 +199,28 @@ public final class SafetensorsFile: @unchecked Sendable {
         }
         return TensorInfo(name: name, type: type, shape: shape, range: offsets[0]..<offsets[1])
     }
+}
+
+/// Advice to the kernel about bytes of a read-only file mapping (a tensor, or a slice of one).
+public enum MappedPages {
+    /// Read these bytes ahead (a worker's or coordinator's share of a file).
+    public static func willNeed(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        let start = Int(bitPattern: base) / pageSize * pageSize
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: start), Int(bitPattern: base) + bytes.count - start, MADV_WILLNEED)
+    }
+
+    /// Unmap these bytes' pages from this process (they stay in the page cache), for weights
+    /// that were copied, so they no longer count in its resident memory. Only whole pages
+    /// inside the range are dropped, never a neighbour's.
+    public static func dontNeed(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        let start = (Int(bitPattern: base) + pageSize - 1) / pageSize * pageSize
+        let end = (Int(bitPattern: base) + bytes.count) / pageSize * pageSize
+        if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED) }
+    }
+
+    static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 }
 
 /// Why `mapFile` could not map a file.

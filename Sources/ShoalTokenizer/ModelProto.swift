@@ -48,11 +48,11 @@ struct ModelProto {
     /// DenormalizerSpec (ModelProto field 5) with a character map, applied after decoding.
     var hasDenormalizerCharsmap = false
 
-    /// Parses `bytes` as a `ModelProto`. Unknown fields are skipped, as protobuf does;
-    /// repeated occurrences of a sub-message merge into one, also as protobuf does.
     /// A model with the proto defaults and no pieces.
     init() {}
 
+    /// Parses `bytes` as a `ModelProto`. Unknown fields are skipped, as protobuf does;
+    /// repeated occurrences of a sub-message merge into one, also as protobuf does.
     init(parsing bytes: ArraySlice<UInt8>) throws(TokenizerError) {
         var reader = WireReader(bytes, context: "ModelProto")
         while let (field, value) = try reader.next() {

@@ -1,6 +1,6 @@
 """`shoal quantize` writes GGUF files that llama.cpp's own Python reader (the `gguf` package,
-gguf-py) reads: the metadata llama.cpp needs, llama-quantize's tensor types for each mix, and
-blocks that gguf-py dequantizes back to the source weights (exactly for f32, with the q/k rows
+gguf-py) reads: the metadata llama.cpp needs, every tensor under llama.cpp's name, and blocks
+that gguf-py dequantizes back to the source weights (exactly for f32, with the q/k rows
 permuted as llama.cpp's convert_hf_to_gguf.py permutes them; within each type's error for the
 block types).
 

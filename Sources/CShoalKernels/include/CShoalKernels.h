@@ -57,22 +57,6 @@ int shoal_kernels_set_thread_isa(int level);
 /// The calling thread's forced level, or -1.
 int shoal_kernels_thread_isa(void);
 
-/// y[r] = W[r,:] · x for r in [r0, r1); W is row-major [rows, cols] float32.
-void shoal_gemv_f32(const float *w, size_t cols, const float *x, float *y,
-                    size_t r0, size_t r1);
-
-/// y[r] = W[r,:] · x for r in [r0, r1); W is row-major [rows, cols] bfloat16 bits.
-void shoal_gemv_bf16(const uint16_t *w, size_t cols, const float *x, float *y,
-                     size_t r0, size_t r1);
-
-/// Y[t*ldy + r] = W[r,:] · X[t*ldx + 0..<cols] for r in [r0, r1), t in [0, n); W float32.
-void shoal_gemm_f32(const float *w, size_t cols, const float *x, size_t ldx, size_t n,
-                    float *y, size_t ldy, size_t r0, size_t r1);
-
-/// Y[t*ldy + r] = W[r,:] · X[t*ldx + 0..<cols] for r in [r0, r1), t in [0, n); W bfloat16.
-void shoal_gemm_bf16(const uint16_t *w, size_t cols, const float *x, size_t ldx, size_t n,
-                     float *y, size_t ldy, size_t r0, size_t r1);
-
 /// y[r] = W[r,:] · x for r in [r0, r1); W is row-major [rows, cols] of weight type `wt`
 /// (SHOAL_W_*); for block types `cols` is a multiple of the block's weights.
 void shoal_gemv(int wt, const void *w, size_t cols, const float *x, float *y, size_t r0,
