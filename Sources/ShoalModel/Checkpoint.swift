@@ -110,9 +110,7 @@ public final class Checkpoint: @unchecked Sendable {
         self.folder = folder
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), !isDirectory.boolValue {
-            guard GGUFFile.looksLikeGGUF(folder) else {
-                throw ModelLoadError.notACheckpoint(folder: folder, found: [])
-            }
+            guard GGUFFile.looksLikeGGUF(folder) else { throw ModelLoadError.notGGUF(file: folder) }
             let file = try GGUFFile(path: folder)
             gguf = file
             layout = .gguf

@@ -3,6 +3,8 @@
 public enum ModelLoadError: Error, CustomStringConvertible, Equatable {
     /// The folder is neither a Hugging Face nor a Mistral checkpoint.
     case notACheckpoint(folder: String, found: [String])
+    /// A file given where a model was expected that is not a GGUF file.
+    case notGGUF(file: String)
     /// `config.json` / `params.json` is unreadable or describes an impossible model.
     case badConfig(file: String, detail: String)
     /// A tensor the model needs is in no file of the folder.
@@ -22,6 +24,8 @@ public enum ModelLoadError: Error, CustomStringConvertible, Equatable {
             let listing = found.isEmpty ? "it is empty or missing" : "found: " + found.prefix(8).joined(separator: ", ")
             return "\(folder) is not a model folder: expected config.json with model.safetensors "
                 + "(or model.safetensors.index.json and its shards), or params.json with consolidated.safetensors; \(listing)"
+        case let .notGGUF(file):
+            return "\(file) is a file but not a GGUF model (it does not start with the bytes GGUF); give a GGUF file or a model folder"
         case let .badConfig(file, detail): return "\(file): \(detail)"
         case let .missingTensor(name, folder): return "tensor \(name) is missing from \(folder)"
         case let .missingShard(file, tensor): return "shard \(file) (holding \(tensor)) is missing"
