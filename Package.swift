@@ -12,6 +12,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         // SIMD kernels with per-function ISA attributes and a runtime CPUID choice:
@@ -25,6 +27,16 @@ let package = Package(
         .systemLibrary(name: "CGRPCCore", providers: [.apt(["libgrpc-dev"])]),
         // Channels, servers, calls, deadlines, TLS over the C core: bytes in, bytes out.
         .target(name: "ShoalRPC", dependencies: ["CGRPCCore"]),
+        // A cluster's certificate authority and its nodes' identities (X.509 in Swift), loaded as
+        // the RPC layer's mutual-TLS settings.
+        .target(
+            name: "ShoalCertificates",
+            dependencies: [
+                "ShoalRPC",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // The wire contract: messages generated from Protos/ (scripts/generate-protos), the
         // activation codec, and validation of every field a peer sends.
         .target(name: "ShoalProtocol", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
@@ -62,8 +74,8 @@ let package = Package(
         .target(
             name: "ShoalCLI",
             dependencies: [
-                "ShoalCluster", "ShoalHTTP", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalServe", "ShoalTensor",
-                "ShoalTokenizer",
+                "ShoalCertificates", "ShoalCluster", "ShoalHTTP", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalServe",
+                "ShoalTensor", "ShoalTokenizer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -76,7 +88,7 @@ let package = Package(
             path: "Tests/ShoalTestSupport"
         ),
         .testTarget(name: "ShoalTensorTests", dependencies: ["ShoalTensor", "ShoalTestSupport"]),
-        .testTarget(name: "ShoalRPCTests", dependencies: ["ShoalRPC"]),
+        .testTarget(name: "ShoalRPCTests", dependencies: ["ShoalRPC", "ShoalCertificates"]),
         .testTarget(name: "ShoalProtocolTests", dependencies: ["ShoalProtocol", "ShoalTensor"]),
         .testTarget(name: "ShoalTokenizerTests", dependencies: ["ShoalTokenizer", "ShoalTensor"]),
         .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI", "ShoalTestSupport"]),

@@ -22,6 +22,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <grpc/support/log.h>
 
 /// GRPC_SLICE_START_PTR: inline slices keep their bytes inside the struct, so `s` must be stable.
 static inline uint8_t *cgrpc_slice_start(grpc_slice *s) {

@@ -23,6 +23,8 @@ struct BenchCommand: ParsableCommand {
     var wireDType: WireDTypeArgument = .bf16
     @Flag(name: .customLong("pin-cpus"), inversion: .prefixedNo, help: "With --workers: pin the single process's, the coordinator's and the workers' threads to CPUs, worker i starting i CPUs along (README: the cluster on one machine).")
     var pinCPUs = true
+    @Flag(help: "With --workers: the workers and the coordinator talk over mutual TLS (certificates made for the run), as a real cluster does.")
+    var tls = false
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
@@ -108,13 +110,17 @@ extension BenchCommand {
         let plan = LocalCPUPlan(workers: workers, workerThreads: workerThreads, threads: threads, pin: pinCPUs)
         let single = try Engine(folder: model, threads: threads, cpus: plan.coordinator)
         let config = single.model.config
+        let certificates = tls ? try LoopbackCertificates() : nil
+        defer { certificates?.remove() }
         let fleet = WorkerFleet()
         let stopOnSignal = fleet.stopOnSignals()
         defer { fleet.stopAll(); withExtendedLifetime(stopOnSignal) {} }
         let addresses = try fleet.startSplit(folder: model, experts: config.experts, workers: workers,
-                                             threads: workerThreads, cpus: plan.workers, name: "bench-worker")
+                                             threads: workerThreads, cpus: plan.workers,
+                                             tls: certificates?.workerFolder, name: "bench-worker")
         let cluster = try clusterEngine(folder: model, threads: threads, cpus: plan.coordinator,
-                                        workers: addresses, wire: wireDType.value)
+                                        workers: addresses, wire: wireDType.value,
+                                        security: certificates?.coordinator.security ?? .insecure)
         let remote = cluster.model.experts as! RemoteExperts
 
         var rng = Xoshiro256(seed: 7)
@@ -171,14 +177,15 @@ extension BenchCommand {
             let fields = jsonFields(numbers)
                 + ["\"decode_ratios\":[\(ratios.map { String(format: "%.4f", $0) }.joined(separator: ","))]",
                    "\"workers\":\(workers)", "\"worker_threads\":\(workerThreads)", "\"threads\":\(threads)",
-                   "\"pinned\":\(!plan.coordinator.isEmpty)",
+                   "\"pinned\":\(!plan.coordinator.isEmpty)", "\"tls\":\(tls)",
                    "\"wire_dtype\":\(jsonString(wireDType.rawValue))", "\"same_tokens\":\(same)",
                    "\"prompt_tokens\":\(promptTokens)", "\"gen_tokens\":\(genTokens)"]
             print("{" + fields.joined(separator: ",") + "}")
             return
         }
         print("model: \(model) (\(config.layers) layers, dim \(config.dim), \(config.experts) experts)")
-        print("\(workers) workers on loopback, \(workerThreads) threads each, \(wireDType.rawValue) wire; "
+        print("\(workers) workers on loopback, \(workerThreads) threads each, \(wireDType.rawValue) wire, "
+              + (tls ? "mutual TLS; " : "plaintext; ")
               + "coordinator and single process \(threads) threads; kernels: \(Kernels.isa)")
         print(plan.coordinator.isEmpty ? "threads not pinned"
               : "threads pinned: single process and coordinator to CPUs \(cpusArgument(plan.coordinator)), "

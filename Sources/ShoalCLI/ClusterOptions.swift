@@ -3,6 +3,7 @@ import Foundation
 import ShoalCluster
 import ShoalModel
 import ShoalProtocol
+import ShoalRPC
 import ShoalTensor
 
 /// The options that put a command's experts on worker daemons: `--workers`, `--wire-dtype`,
@@ -16,6 +17,10 @@ struct ClusterOptions: ParsableArguments {
     var rpcTimeout: Double = 30
     @Option(help: "CPUs to pin this process's compute threads to, e.g. 0,1 (the forward pass on the first, helpers on the next ones); for a coordinator sharing its machine with workers. Default: not pinned.")
     var cpus: String?
+    @Option(help: "Folder with this node's identity (shoal certs issue): talk to workers over mutual TLS, accepting only those the same authority signed for the host dialled.")
+    var tls: String?
+    @Flag(help: "Allow plaintext off loopback: to workers without --tls, and (serve) listeners without keys or TLS.")
+    var insecure = false
     @Option(help: "Quantize the checkpoint's float weights as they load, as `shoal quantize --type` would write them (\(QuantizationMix.allCases.map(\.rawValue).joined(separator: ", "))).")
     var quantize: QuantizationMix?
 
@@ -41,8 +46,11 @@ struct ClusterOptions: ParsableArguments {
         guard let addresses = try addresses() else {
             return try Engine(folder: folder, threads: threads, cpus: cpus, quantize: quantize)
         }
+        let node = try NodeSecurity(tls: tls, insecure: insecure)
+        if let warning = try node.checkPlaintext(addresses, role: "--workers") { printErr(warning) }
         return try clusterEngine(folder: folder, threads: threads, cpus: cpus, quantize: quantize, workers: addresses,
-                                 wire: wireDType.value, timeoutSeconds: rpcTimeout, startWithMissingPairs: startWithMissingPairs)
+                                 wire: wireDType.value, security: node.security, timeoutSeconds: rpcTimeout,
+                                 startWithMissingPairs: startWithMissingPairs)
     }
 
     static func isHostPort(_ s: String) -> Bool {
@@ -54,10 +62,11 @@ struct ClusterOptions: ParsableArguments {
 
 /// A coordinator over `folder` whose experts are on `workers`; warnings go to stderr.
 func clusterEngine(folder: String, threads: Int, cpus: [Int] = [], quantize: QuantizationMix? = nil, workers: [String], wire: WireDType,
-                   timeoutSeconds: Double = 30, startWithMissingPairs: Bool = false) throws -> Engine {
+                   security: RPCSecurity = .insecure, timeoutSeconds: Double = 30, startWithMissingPairs: Bool = false) throws -> Engine {
     var options = RemoteExperts.Options()
     options.startWithMissingPairs = startWithMissingPairs
     options.wireDType = wire
+    options.security = security
     options.timeout = .milliseconds(Int64(timeoutSeconds * 1000))
     options.helloTimeout = min(options.timeout, .seconds(10))
     return try Engine(folder: folder, threads: threads, cpus: cpus, quantize: quantize) { checkpoint, pool in

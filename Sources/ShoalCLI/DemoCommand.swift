@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import ShoalCluster
 import ShoalModel
+import ShoalRPC
 import ShoalServe
 import ShoalTensor
 
@@ -60,13 +61,18 @@ struct DemoCommand: ParsableCommand {
         try reportingErrors {
             let folder = try model ?? cachedMini()
             let experts = try Checkpoint(folder: folder).config.experts
+            // The workers and the coordinator talk over mutual TLS, as a real cluster does, with
+            // certificates from an authority made for this run.
+            let certificates = try LoopbackCertificates()
+            defer { certificates.remove() }
             let fleet = WorkerFleet()
             let stopOnSignal = fleet.stopOnSignals()
             defer { fleet.stopAll(); withExtendedLifetime(stopOnSignal) {} }
 
             let plan = LocalCPUPlan(workers: workers, workerThreads: workerThreads, threads: threads, pin: pinCPUs)
             let addresses = try fleet.startSplit(folder: folder, experts: experts, workers: workers,
-                                                 threads: workerThreads, cpus: plan.workers, name: "demo-worker")
+                                                 threads: workerThreads, cpus: plan.workers,
+                                                 tls: certificates.workerFolder, name: "demo-worker")
             for (i, line) in fleet.readyLines.enumerated() { say("worker \(i): \(line)") }
             // The quantized workers start now too: processes started later would inherit the
             // CPU the coordinator's thread is pinned to once it has computed.
@@ -78,14 +84,15 @@ struct DemoCommand: ParsableCommand {
                 let path = try cachedQuantized(mix, from: folder)
                 let addresses = try quantizedFleet.startSplit(folder: path, experts: experts, workers: workers,
                                                               threads: workerThreads, cpus: plan.workers,
-                                                              name: "demo-\(mix.rawValue)-worker")
+                                                              tls: certificates.workerFolder, name: "demo-\(mix.rawValue)-worker")
                 quantizedRun = (mix, path, addresses)
             }
 
             let parameters = GenerationParameters(maxTokens: maxTokens, ignoreEOS: true)
-            say("\n== \(workers) workers on loopback, \(wireDType.rawValue) wire: \(prompt)", terminator: "")
+            say("\n== \(workers) workers on loopback, mutual TLS, \(wireDType.rawValue) wire: \(prompt)", terminator: "")
             let remoteEngine = try clusterEngine(folder: folder, threads: threads, cpus: plan.coordinator,
-                                                 workers: addresses, wire: wireDType.value)
+                                                 workers: addresses, wire: wireDType.value,
+                                                 security: certificates.coordinator.security)
             let remote = remoteEngine.model.experts as! RemoteExperts
             let ids = remoteEngine.tokenizer.encode(prompt, bos: true)
             let clustered = try remoteEngine.generator.generate(prompt: ids, parameters: parameters) { piece in
@@ -130,7 +137,8 @@ struct DemoCommand: ParsableCommand {
             try load.report(counts: try parseCounts(serveStreams), rounds: 1, print: { say($0) })
 
             if let run = quantizedRun {
-                try runQuantized(run.mix, path: run.path, fleet: quantizedFleet, addresses: run.addresses, plan: plan,
+                try runQuantized(run.mix, path: run.path, fleet: quantizedFleet, addresses: run.addresses,
+                                 security: certificates.coordinator.security, plan: plan,
                                  ids: ids, parameters: parameters, bf16Decode: single.decodeTokensPerSecond)
             }
             say("stopping the server and the workers")
@@ -149,12 +157,12 @@ struct DemoCommand: ParsableCommand {
     /// The same generation with quantized weights: workers on the GGUF file, their memory, and
     /// decode through them beside one process.
     private func runQuantized(_ mix: QuantizationMix, path: String, fleet: WorkerFleet, addresses: [String],
-                              plan: LocalCPUPlan, ids: [Int], parameters: GenerationParameters, bf16Decode: Double) throws {
+                              security: RPCSecurity, plan: LocalCPUPlan, ids: [Int], parameters: GenerationParameters, bf16Decode: Double) throws {
         say("\n== the same with \(mix.rawValue) weights (\(path))")
         for (i, line) in fleet.readyLines.enumerated() { say("worker \(i): \(line)") }
         say("\n== \(workers) workers holding \(mix.rawValue) experts, \(wireDType.rawValue) wire: \(prompt)", terminator: "")
         let engine = try clusterEngine(folder: path, threads: threads, cpus: plan.coordinator, workers: addresses,
-                                       wire: wireDType.value)
+                                       wire: wireDType.value, security: security)
         let clustered = try engine.generator.generate(prompt: ids, parameters: parameters) { piece in
             FileHandle.standardOutput.write(Data(piece.utf8))
         }
@@ -246,8 +254,9 @@ final class WorkerFleet: @unchecked Sendable {
     /// and returns their addresses once all are ready.
     /// - Throws: `UsageError` before starting any when there are more workers than experts.
     /// - Parameter cpus: per worker, the CPUs to pin it to (`shoal worker --cpus`); empty: none.
+    /// - Parameter tls: the workers' identity folder (`shoal worker --tls`); nil: plaintext.
     func startSplit(folder: String, experts: Int, workers: Int, threads: Int, cpus: [[Int]] = [],
-                    name: String) throws -> [String] {
+                    tls: String? = nil, name: String) throws -> [String] {
         guard workers <= experts else {
             throw UsageError.conflicting("--workers \(workers): the model has only \(experts) experts to split")
         }
@@ -260,7 +269,7 @@ final class WorkerFleet: @unchecked Sendable {
             try start(arguments: [
                 "worker", "--model", folder, "--experts", spec, "--listen", "127.0.0.1:0",
                 "--threads", "\(threads)", "--log-level", "warning", "--name", "\(name)-\(i)",
-            ] + pin)
+            ] + pin + (tls.map { ["--tls", $0] } ?? []))
         }
         return try waitUntilReady(timeout: 300)
     }

@@ -20,8 +20,12 @@ struct WorkerCommand: ParsableCommand {
 
     @Option(help: "Model folder (Hugging Face or Mistral layout) or GGUF file.") var model: String
     @Option(help: "Experts to serve: EXPERTS[@LAYERS][,…].") var experts: String
-    @Option(help: "Address to listen on; port 0 picks a free port (see the ready line).")
-    var listen = "0.0.0.0:50051"
+    @Option(help: "Address to listen on; port 0 picks a free port (see the ready line). Off loopback it needs --tls (or --insecure).")
+    var listen = "127.0.0.1:50051"
+    @Option(help: "Folder with this node's identity (shoal certs issue): accept only coordinators the same authority signed, over mutual TLS.")
+    var tls: String?
+    @Flag(help: "Allow listening off loopback without --tls: plaintext, and anyone who reaches the port can use it.")
+    var insecure = false
     @Option(help: "Compute threads (default: one per core).") var threads = Engine.defaultThreads
     @Option(help: "Most tokens one call may carry.") var maxTokens = 4096
     @Option(help: "A name for coordinators' logs (default: shoal-worker@HOSTNAME).") var name: String?
@@ -44,6 +48,8 @@ struct WorkerCommand: ParsableCommand {
         try reportingErrors {
             bootstrapLogging(logLevel)
             let logger = Logger(label: "shoal.worker")
+            let node = try NodeSecurity(tls: tls, insecure: insecure)
+            if let warning = try node.checkPlaintext([listen], role: "--listen") { printErr(warning) }
             let checkpoint = try Checkpoint(folder: model, quantize: quantize)
             let config = checkpoint.config
             let pairs = try ExpertSpec(experts).pairs(layers: config.layers, experts: config.experts)
@@ -53,7 +59,7 @@ struct WorkerCommand: ParsableCommand {
                 name: name ?? "shoal-worker@\(ProcessInfo.processInfo.hostName)", logger: logger)
             // Signals are taken before the server starts, so none is lost between the two.
             let stop = StopSignal()
-            let server = try worker.startServer(listen: listen)
+            let server = try worker.startServer(listen: listen, security: node.security)
             let host = listen[..<(listen.lastIndex(of: ":") ?? listen.endIndex)]
             let address = "\(host):\(server.port)"
             // Written unbuffered: whoever started us waits for this line on a pipe.
@@ -61,7 +67,7 @@ struct WorkerCommand: ParsableCommand {
                 "shoal worker ready: listening on \(address), experts \(experts) of \(checkpoint.folder) "
                     + "(\(pairs.count) pairs, \(formatBytes(worker.weightBytes)) of weights: "
                     + worker.weightTypes.map { "\($0.type.rawValue) \(formatBytes($0.bytes))" }.joined(separator: ", ") + "), "
-                    + "fingerprint \(worker.fingerprint)"
+                    + "fingerprint \(worker.fingerprint), \(node.summary)"
                     + (cpus.isEmpty ? "" : ", threads pinned to CPUs \(cpusArgument(cpus))")
                     + "\n").utf8))
             logger.info("serving", metadata: ["address": "\(address)", "pairs": "\(pairs.count)"])
@@ -87,6 +93,19 @@ func bootstrapLogging(_ level: Logger.Level) {
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = level
         return handler
+    }
+    let grpc = Logger(label: "shoal.grpc")
+    RPCLog.route { line in
+        if line.isHandshakeFailure {
+            grpc.warning("refused a peer at the TLS handshake: not a node of this cluster (no certificate from its authority, another cluster's, or plaintext)",
+                         metadata: ["reason": "\(line.message)"])
+        } else {
+            switch line.severity {
+            case .debug: grpc.debug("\(line.message)", metadata: ["source": "\(line.file)"])
+            case .info: grpc.info("\(line.message)", metadata: ["source": "\(line.file)"])
+            case .error: grpc.error("\(line.message)", metadata: ["source": "\(line.file)"])
+            }
+        }
     }
 }
 

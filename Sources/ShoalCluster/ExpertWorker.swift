@@ -73,9 +73,9 @@ public final class ExpertWorker: Sendable {
     /// Compute and ComputeStream run on the server's polling thread (`RPCServer.InlineHandler`,
     /// `ExchangeHandler`): they are the coordinator's critical path, and handing them to a task
     /// cost a thread wake-up per call.
-    public func startServer(listen: String) throws -> RPCServer {
+    public func startServer(listen: String, security: RPCSecurity = .insecure) throws -> RPCServer {
         try RPCServer.start(
-            listen: listen,
+            listen: listen, security: security,
             unary: [
                 ExpertServiceMethod.hello: { [self] request, _ in try hello(request) },
                 ExpertServiceMethod.health: { [self] request, _ in try health(request) },

@@ -111,6 +111,9 @@ import Testing
         ])
         #expect(demo.status == 0, "\(demo.stderr)")
         #expect(demo.stdout.contains("same tokens as one process: yes"))
+        // Over mutual TLS, every worker too.
+        #expect(demo.stdout.contains("workers on loopback, mutual TLS"), "\(demo.stdout)")
+        #expect(demo.stdout.components(separatedBy: "mutual TLS as CN=loopback-worker").count == 3, "\(demo.stdout)")
         let rows = demo.stdout.split(separator: "\n").filter { $0.hasPrefix("      1 ") || $0.hasPrefix("      3 ") }
         #expect(rows.count == 2, "\(demo.stdout)")
         #expect(demo.stdout.hasSuffix("stopping the server and the workers\n"))
@@ -200,5 +203,61 @@ import Testing
         #expect(three.coordinator == [0, 2, 5] && three.workers == [[0, 2], [2, 5]])
         let off = LocalCPUPlan(workers: 2, workerThreads: 2, threads: 2, pin: false, cpus: [0, 1])
         #expect(off.coordinator.isEmpty && off.workers == [[], []])
+    }
+}
+
+/// The cluster as an operator sets it up: `shoal certs` makes the authority and the nodes'
+/// folders, a worker and a coordinator started with `--tls` give the plaintext cluster's exact
+/// tokens, and a coordinator of another cluster is refused and logged by the worker.
+@Suite(.serialized) struct NodeTLSProcessTests {
+    @Test(.timeLimit(.minutes(2))) func certsWorkerAndCoordinatorOverMutualTLS() throws {
+        let model = try Fixtures.path("models/tiny-f32/hf")
+        let dir = NSTemporaryDirectory() + "shoal-certs-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cli = CLITests()
+        for arguments in [
+            ["certs", "init", "--out", "\(dir)/ca"],
+            ["certs", "issue", "--ca", "\(dir)/ca", "--name", "w1", "--host", "127.0.0.1", "--out", "\(dir)/w1"],
+            ["certs", "issue", "--ca", "\(dir)/ca", "--name", "coordinator", "--out", "\(dir)/c"],
+            ["certs", "init", "--out", "\(dir)/other-ca"],
+            ["certs", "issue", "--ca", "\(dir)/other-ca", "--name", "coordinator", "--out", "\(dir)/stranger"],
+        ] {
+            let run = try cli.shoal(arguments)
+            #expect(run.status == 0 && run.stdout.hasPrefix("shoal certs: "), "\(arguments): \(run.stderr)")
+        }
+        let again = try cli.shoal(["certs", "init", "--out", "\(dir)/ca"])
+        #expect(again.status == 1 && again.stderr.contains("refusing to replace a key"), "\(again.stderr)")
+
+        let worker = try WorkerProcessTests.Child([
+            "worker", "--model", model, "--experts", "0-7", "--listen", "127.0.0.1:0", "--threads", "1", "--tls", "\(dir)/w1"])
+        let address = try worker.readyAddress()
+        #expect(worker.stdout.contains("mutual TLS as CN=w1"), "\(worker.stdout)")
+
+        let prompt = ["--ids", "1,415,1984,302", "--max-tokens", "8", "--ignore-eos", "--json"]
+        let single = try cli.shoal(["generate", "--model", model] + prompt)
+        let secure = try cli.shoal(["generate", "--model", model, "--workers", address, "--tls", "\(dir)/c", "--wire-dtype", "f32"] + prompt)
+        #expect(secure.status == 0 && secure.stdout == single.stdout, "\(secure.stderr)")
+
+        for refused in [["--tls", "\(dir)/stranger"], []] {
+            let run = try cli.shoal(["generate", "--model", model, "--workers", address, "--rpc-timeout", "5"] + refused + prompt)
+            #expect(run.status == 1 && run.stderr.contains("is unreachable"), "\(refused): \(run.stderr)")
+        }
+        // The plaintext attempt reaches the worker's handshake: it says so in its log (written
+        // from the core's thread, so waited for, up to 10 s).
+        let deadline = Date().addingTimeInterval(10)
+        while !worker.stderr.contains("refused a peer"), Date() < deadline { usleep(20_000) }
+        #expect(worker.stderr.contains("refused a peer at the TLS handshake"), "\(worker.stderr)")
+    }
+
+    @Test func plaintextOffLoopbackNeedsInsecure() throws {
+        let model = try Fixtures.path("models/tiny-f32/hf")
+        let worker = try CLITests().shoal(["worker", "--model", model, "--experts", "0-7", "--listen", "0.0.0.0:0"])
+        #expect(worker.status == 1 && worker.stderr.contains("--listen 0.0.0.0:0 is not loopback: give --tls DIR"),
+                "\(worker.stderr)")
+        let coordinator = try CLITests().shoal(["generate", "--model", model, "--ids", "1", "--workers", "10.1.2.3:5"])
+        #expect(coordinator.status == 1 && coordinator.stderr.contains("--workers 10.1.2.3:5 is not loopback"),
+                "\(coordinator.stderr)")
+        let missing = try CLITests().shoal(["worker", "--model", model, "--experts", "0-7", "--tls", "/nonexistent"])
+        #expect(missing.status == 1 && missing.stderr.contains("/nonexistent/ca.pem: no such file"), "\(missing.stderr)")
     }
 }

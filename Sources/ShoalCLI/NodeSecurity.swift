@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import ShoalCertificates
+import ShoalRPC
+
+/// How a node talks to the rest of its cluster: mutual TLS with the identity in `--tls DIR`, or
+/// plaintext, which is allowed off loopback only when the operator says `--insecure`.
+struct NodeSecurity {
+    /// The identity, or nil for plaintext.
+    let identity: NodeIdentity?
+    let insecure: Bool
+
+    init(tls: String?, insecure: Bool) throws {
+        identity = try tls.map { folder throws(CertificateError) in try NodeIdentity(folder: folder) }
+        self.insecure = insecure
+    }
+
+    var security: RPCSecurity { identity?.security ?? .insecure }
+
+    /// How the ready line and logs name the connection security.
+    var summary: String {
+        identity.map { "mutual TLS as \($0.name)" } ?? "plaintext (no --tls)"
+    }
+
+    /// Refuses a plaintext peer off loopback (listening on `address`, or dialling it) unless
+    /// `--insecure` was given; with it, returns the warning to print on every start.
+    func checkPlaintext(_ addresses: [String], role: String) throws -> String? {
+        guard identity == nil else { return nil }
+        let exposed = addresses.filter { !isLoopback(host: hostPart($0)) }
+        guard !exposed.isEmpty else { return nil }
+        guard insecure else {
+            throw UsageError.conflicting(
+                "\(role) \(exposed.joined(separator: ",")) is not loopback: give --tls DIR (shoal certs issue) "
+                    + "for mutual TLS, or --insecure to accept plaintext from anyone who can reach it")
+        }
+        return "warning: --insecure: \(role) \(exposed.joined(separator: ",")) in plaintext, unauthenticated: "
+            + "anyone who can reach it can use it and read what it carries"
+    }
+}
+
+/// `HOST:PORT` → `HOST` (brackets kept off an IPv6 literal).
+func hostPart(_ address: String) -> String {
+    var host = String(address[..<(address.lastIndex(of: ":") ?? address.endIndex)])
+    if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    return host
+}
+
+/// Whether `host` can only be reached from this machine: `localhost`, 127.0.0.0/8, `::1`.
+func isLoopback(host: String) -> Bool {
+    if host == "localhost" || host == "::1" { return true }
+    var v4 = in_addr()
+    guard inet_pton(AF_INET, host, &v4) == 1 else { return false }
+    return UInt32(bigEndian: v4.s_addr) >> 24 == 127
+}
+
+/// A throwaway authority for a cluster this process starts on loopback (`shoal demo`,
+/// `shoal bench --workers --tls`): one identity folder the workers share, and the
+/// coordinator's own. The folder goes away with `remove()`.
+struct LoopbackCertificates {
+    let folder: String
+    let workerFolder: String
+    let coordinator: NodeIdentity
+
+    init() throws {
+        folder = NSTemporaryDirectory() + "shoal-loopback-tls-\(getpid())-\(UUID().uuidString.prefix(8))"
+        let authority = try CertificateAuthority(name: "shoal loopback CA \(getpid())", days: 2)
+        workerFolder = folder + "/worker"
+        try authority.issue(name: "loopback-worker", hosts: ["127.0.0.1", "localhost"], days: 2).write(to: workerFolder)
+        coordinator = try authority.issue(name: "loopback-coordinator", hosts: [], days: 2)
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: folder) }
+}
