@@ -16,6 +16,7 @@ struct ChatCommand: ParsableCommand {
             """)
 
     @Option(help: "The coordinator's prompt API, HOST:PORT.") var coordinator: String
+    @OptionGroup var access: CoordinatorAccessOptions
     @Option(help: "A system prompt for the whole conversation.") var system: String?
     @Option(help: "Most tokens per reply (0: as many as the context allows).") var maxTokens = 1024
     @Option(help: "0 is greedy.") var temperature: Float = 0.7
@@ -36,7 +37,7 @@ struct ChatCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let client = CoordinatorClient(target: coordinator)
+            let client = try access.client(coordinator)
             defer { client.close() }
             let interactive = isatty(STDIN_FILENO) != 0
             let start = system.map { [ChatMessage(role: .system, content: $0)] } ?? []

@@ -13,6 +13,7 @@ struct GenerateCommand: ParsableCommand {
 
     @Option(help: "Model folder (Hugging Face or Mistral layout) or GGUF file.") var model: String?
     @Option(help: "A coordinator's prompt API, HOST:PORT, instead of --model.") var coordinator: String?
+    @OptionGroup var coordinatorAccess: CoordinatorAccessOptions
     @Option(help: "Prompt text (BOS is prepended).") var prompt: String?
     @Option(help: "A JSON conversation in the Mistral v1 chat format.") var chat: String?
     @Option(help: "Prompt as comma-separated token ids.") var ids: String?
@@ -98,7 +99,7 @@ struct GenerateCommand: ParsableCommand {
             ignoreEOS: ignoreEos)
         let streaming = !json
         let result = try blocking {
-            let client = CoordinatorClient(target: address)
+            let client = try coordinatorAccess.client(address)
             defer { client.close() }
             let stdout = FileHandle.standardOutput
             return try await client.complete(remotePrompt, options: options) { piece in

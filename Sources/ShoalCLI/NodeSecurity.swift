@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import ShoalCertificates
 import ShoalRPC
+import ShoalServe
 
 /// How a node talks to the rest of its cluster: mutual TLS with the identity in `--tls DIR`, or
 /// plaintext, which is allowed off loopback only when the operator says `--insecure`.
@@ -70,4 +71,18 @@ struct LoopbackCertificates {
     }
 
     func remove() { try? FileManager.default.removeItem(atPath: folder) }
+}
+
+/// How a client reaches a coordinator's gRPC prompt API (`shoal chat`, `generate --coordinator`).
+struct CoordinatorAccessOptions: ParsableArguments {
+    @Option(help: "API key for the coordinator (default: $SHOAL_API_KEY).") var apiKey: String?
+    @Option(help: "PEM certificate(s) to verify the coordinator's --tls-cert with: connect over TLS.")
+    var coordinatorCA: String?
+
+    func client(_ target: String) throws -> CoordinatorClient {
+        let key = apiKey ?? ProcessInfo.processInfo.environment["SHOAL_API_KEY"]
+        let security = try coordinatorCA.map { RPCSecurity.tls(
+            rootCertificatesPEM: try readPEM($0, "--coordinator-ca"), privateKeyPEM: nil, certificateChainPEM: nil) }
+        return CoordinatorClient(target: target, security: security ?? .insecure, apiKey: key)
+    }
 }

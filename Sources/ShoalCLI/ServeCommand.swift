@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import ShoalCluster
 import ShoalModel
+import ShoalRPC
 import ShoalServe
 
 /// `shoal serve`: the coordinator as a service (OpenAI HTTP API, gRPC prompt API, metrics).
@@ -34,6 +35,21 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
     @Option(help: "Seconds running requests get to finish at shutdown.") var grace: Double = 10
+    @Option(help: "API keys, one per line (re-read when the file changes): every request then needs Authorization: Bearer KEY (HTTP) or authorization metadata (gRPC). SHOAL_API_KEYS (comma-separated) adds keys too.")
+    var apiKeyFile: String?
+    @Option(help: "Host names (comma-separated) the HTTP API answers to besides its listen address (and, on loopback, localhost); others get 403. Guards against DNS rebinding.")
+    var allowedHosts: String?
+    @Option(help: "A web origin (https://app.example) whose pages may call the HTTP API from a browser; repeat for several, * for any. Default: same-origin pages only.")
+    var corsOrigin: [String] = []
+    @Option(help: "A second HTTP listener, HOST:PORT, serving only /metrics and /health without a key (for Prometheus and probes); off loopback it needs --insecure.")
+    var metrics: String?
+    @Option(help: "PEM certificate (chain) for the gRPC prompt API: clients then connect over TLS.")
+    var tlsCert: String?
+    @Option(help: "PEM private key of --tls-cert.") var tlsKey: String?
+    @Option(help: "Most KV-cache positions (prompt plus max_tokens) one request may reserve (default: a quarter of the KV cache, within the context).")
+    var maxRequestTokens: Int?
+    @Option(help: "The fraction of the batch places and of the KV cache one client (API key, or address without keys) may hold.")
+    var clientShare = 0.75
 
     func validate() throws {
         guard maxBatch >= 1, maxQueue >= 0, stepTokens >= 1, threads >= 1, defaultMaxTokens >= 1 else {
@@ -42,6 +58,9 @@ struct ServeCommand: ParsableCommand {
         }
         if let kvCacheTokens, kvCacheTokens < 1 { throw ValidationError("--kv-cache-tokens must be at least 1") }
         guard grace >= 0 else { throw ValidationError("--grace must not be negative") }
+        if let maxRequestTokens, maxRequestTokens < 2 { throw ValidationError("--max-request-tokens must be at least 2") }
+        guard clientShare > 0, clientShare <= 1 else { throw ValidationError("--client-share must be in (0, 1]") }
+        guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
     }
 
     func run() throws {
@@ -49,6 +68,12 @@ struct ServeCommand: ParsableCommand {
             bootstrapLogging(logLevel)
             let log = Logger(label: "shoal.serve")
             let stop = StopSignal()
+            let keys = try APIKeys.load(file: apiKeyFile, list: ProcessInfo.processInfo.environment["SHOAL_API_KEYS"])
+            try checkListeners(keys: keys)
+            let grpcSecurity = try tlsCert.map { cert in
+                RPCSecurity.tls(rootCertificatesPEM: nil, privateKeyPEM: try readPEM(tlsKey!, "--tls-key"),
+                                certificateChainPEM: try readPEM(cert, "--tls-cert"))
+            }
             // Workers may come up after the service (systemd starts them in any order): /health
             // is 503 until every pair has a live holder.
             let engine = try cluster.engine(folder: model, threads: threads, startWithMissingPairs: true)
@@ -63,6 +88,19 @@ struct ServeCommand: ParsableCommand {
             options.scheduler.stepTokens = stepTokens
             options.scheduler.defaultMaxTokens = defaultMaxTokens
             options.scheduler.kvCacheTokens = kvCacheTokens ?? max(1, (4 << 30) / bytesPerToken)
+            options.scheduler.maxRequestTokens = maxRequestTokens
+                ?? min(config.maxContext, max(2, options.scheduler.kvCacheTokens / 4))
+            options.scheduler.clientShare = clientShare
+            options.metrics = metrics
+            options.grpcSecurity = grpcSecurity
+            options.access = HTTPAccess(
+                keys: keys,
+                allowedHosts: try allowedHosts.map { list in
+                    let (host, _) = try PromptServer.split(http)
+                    let extra = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+                    return HTTPAccess.defaultHosts(listening: host, extra: extra)!
+                },
+                corsOrigins: corsOrigin)
             let server = try PromptServer(engine: engine, options: options, log: log)
             let kv = options.scheduler.kvCacheTokens
             let experts = (engine.model.experts as? RemoteExperts).map { remote in
@@ -72,7 +110,10 @@ struct ServeCommand: ParsableCommand {
             FileHandle.standardOutput.write(Data((
                 "shoal serve ready: http \(server.httpPort.map { address(http, $0) } ?? "off"), "
                     + "grpc \(server.grpcPort.map { address(grpc, $0) } ?? "off"), model \(options.modelName) "
-                    + "(\(experts)), batch \(maxBatch), KV cache \(kv) tokens (\(formatBytes(kv * bytesPerToken)))\n").utf8))
+                    + "(\(experts)), batch \(maxBatch), KV cache \(kv) tokens (\(formatBytes(kv * bytesPerToken))), "
+                    + "\(options.scheduler.maxRequestTokens) per request, "
+                    + (keys == nil ? "no API keys" : "API keys required")
+                    + (server.metricsPort.map { ", metrics \(address(metrics!, $0))" } ?? "") + "\n").utf8))
             stop.wait()
             log.info("stopping", metadata: ["grace_seconds": "\(grace)"])
             server.shutdown(grace: .milliseconds(Int64(grace * 1000)))
@@ -80,8 +121,41 @@ struct ServeCommand: ParsableCommand {
         }
     }
 
+    /// Refuses a listener off loopback that would take anyone's prompts (no API keys) or
+    /// show anyone the metrics, unless `--insecure`; warns about keys sent in plaintext.
+    private func checkListeners(keys: APIKeys?) throws {
+        for address in [http, grpc, metrics ?? "off"] where address != "off" { _ = try PromptServer.split(address) }
+        let exposed = { (address: String) in address != "off" && !isLoopback(host: hostPart(address)) }
+        var open: [String] = keys == nil ? [http, grpc].filter(exposed) : []
+        if let metrics, exposed(metrics) { open.append(metrics) }
+        if !open.isEmpty {
+            let what = open.joined(separator: ", ")
+            guard cluster.insecure else {
+                throw UsageError.conflicting(
+                    "\(what) is not loopback and would serve anyone who reaches it: give --api-key-file (or SHOAL_API_KEYS)"
+                        + (metrics.map { exposed($0) ? "; --metrics has no keys, keep it on loopback" : "" } ?? "")
+                        + ", or --insecure to accept that")
+            }
+            printErr("warning: --insecure: \(what) serves anyone who can reach it, without a key")
+        }
+        if keys != nil, exposed(http) {
+            printErr("warning: the HTTP API on \(http) is plain HTTP: API keys and prompts cross the network unencrypted; put a TLS proxy in front of it")
+        }
+        if keys != nil, exposed(grpc), tlsCert == nil {
+            printErr("warning: the gRPC API on \(grpc) has no --tls-cert: API keys and prompts cross the network unencrypted")
+        }
+    }
+
     /// `listen` with the bound port in place of the one asked for (0).
     private func address(_ listen: String, _ port: Int) -> String {
         "\(listen[..<(listen.lastIndex(of: ":") ?? listen.endIndex)]):\(port)"
     }
+}
+
+/// The text of a PEM file named by `flag`.
+func readPEM(_ path: String, _ flag: String) throws -> String {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8), text.contains("-----BEGIN ") else {
+        throw ValidationError("\(flag) \(path): not a readable PEM file")
+    }
+    return text
 }

@@ -8,14 +8,15 @@ struct Connection {
     func run() {
         defer { core.close(id) }
         var reader = SocketReader(fd: fd)
-        while serveOne(&reader) {}
+        let peer = peerAddress(fd)
+        while serveOne(&reader, peer: peer) {}
     }
 
     /// Reads and answers one request; false when the connection must close.
-    private func serveOne(_ reader: inout SocketReader) -> Bool {
+    private func serveOne(_ reader: inout SocketReader, peer: String) -> Bool {
         let request: HTTPRequest, responder: HTTPResponder
         do {
-            (request, responder) = try readRequest(&reader)
+            (request, responder) = try readRequest(&reader, peer: peer)
         } catch {
             if case .reject(let rejection) = error {
                 try? HTTPResponder(fd: fd, minorVersion: 1, keepAlive: false).respondError(rejection)
@@ -38,7 +39,7 @@ struct Connection {
     }
 
     /// The next request, its body read, and the responder for it.
-    private func readRequest(_ reader: inout SocketReader) throws(RequestFailure) -> (HTTPRequest, HTTPResponder) {
+    private func readRequest(_ reader: inout SocketReader, peer: String) throws(RequestFailure) -> (HTTPRequest, HTTPResponder) {
         let limits = core.limits
         let bytes = try reader.readHead(maxBytes: limits.maxHeaderBytes, until: .now + limits.headerTimeout)
         let head: RequestHead, framing: BodyFraming, expectsContinue: Bool
@@ -55,7 +56,7 @@ struct Connection {
         }
         let body = try reader.readBody(framing, limits: limits)
         let request = HTTPRequest(method: head.method, target: head.target, query: head.query,
-                                  headers: head.headers, body: body)
+                                  headers: head.headers, body: body, peer: peer)
         return (request, HTTPResponder(fd: fd, minorVersion: head.minorVersion, keepAlive: head.keepAlive))
     }
 }

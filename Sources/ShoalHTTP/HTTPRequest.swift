@@ -13,9 +13,12 @@ public struct HTTPRequest: Sendable {
     public var headers: [(name: String, value: String)]
     /// The body, de-chunked.
     public var body: [UInt8]
+    /// The client's IP address ("" if unknown).
+    public var peer: String
 
     init(method: String, target: String, query: [String: String], headers: [(name: String, value: String)],
-         body: [UInt8]) {
+         body: [UInt8], peer: String = "") {
+        self.peer = peer
         self.method = method
         self.target = target
         self.path = String(target.prefix { $0 != "?" })

@@ -20,6 +20,8 @@ public final class HTTPResponder {
     private(set) var state = State.pending
     /// A write failed: the connection cannot carry anything more.
     private(set) var broken = false
+    /// Headers every response of this request carries besides its own (CORS, for one).
+    public var commonHeaders: [(String, String)] = []
 
     init(fd: Int32, minorVersion: Int, keepAlive: Bool) {
         self.fd = fd
@@ -89,7 +91,7 @@ public final class HTTPResponder {
 
     private func head(status: Int, headers: [(String, String)], framing: String) -> [UInt8] {
         var text = "HTTP/1.1 \(status) \(reasonPhrase(status))\r\nServer: shoal\r\n"
-        for (name, value) in headers {
+        for (name, value) in commonHeaders + headers {
             precondition(!name.isEmpty && name.utf8.allSatisfy(isTokenByte), "invalid response header name '\(name)'")
             precondition(value.utf8.allSatisfy { $0 == tab || $0 >= sp && $0 != 0x7F }, "invalid value of response header \(name)")
             precondition(!serverHeaders.contains(name.lowercased()), "the server sets \(name) itself")
@@ -110,6 +112,9 @@ private let serverHeaders: Set<String> = ["content-length", "transfer-encoding",
 private func reasonPhrase(_ status: Int) -> String {
     switch status {
     case 200: "OK"
+    case 204: "No Content"
+    case 401: "Unauthorized"
+    case 403: "Forbidden"
     case 400: "Bad Request"
     case 404: "Not Found"
     case 405: "Method Not Allowed"

@@ -120,3 +120,33 @@ func halfCloseAndDrain(_ fd: Int32) {
         if n > 0 { discarded += n } else if n == 0 || (errno != EAGAIN && errno != EINTR) { break }
     }
 }
+
+/// The peer's address of a connected socket, as `"203.0.113.7"` or `"::1"`; "" if unknown.
+func peerAddress(_ fd: Int32) -> String {
+    var storage = sockaddr_storage()
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let got = withUnsafeMutablePointer(to: &storage) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
+    }
+    guard got == 0 else { return "" }
+    var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+    switch Int32(storage.ss_family) {
+    case AF_INET:
+        withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { address in
+                var raw = address.pointee.sin_addr
+                _ = inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
+            }
+        }
+    case AF_INET6:
+        withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { address in
+                var raw = address.pointee.sin6_addr
+                _ = inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count))
+            }
+        }
+    default:
+        return ""
+    }
+    return String(cString: text)
+}

@@ -35,9 +35,13 @@ final class ClientCall: @unchecked Sendable {
     // Touched only by the thread that starts the sending batch and then by its completion.
     private var sendBuffer: UnsafeMutablePointer<grpc_byte_buffer>?
 
-    init(raw: OpaquePointer, registry: CallRegistry<ClientCall>) {
+    /// Sent with the call's initial metadata; kept until the call is gone.
+    private let sentMetadata: SentMetadata?
+
+    init(raw: OpaquePointer, registry: CallRegistry<ClientCall>, metadata: SentMetadata? = nil) {
         self.raw = raw
         self.registry = registry
+        sentMetadata = metadata
         grpc_metadata_array_init(initialMetadata)
         grpc_metadata_array_init(trailingMetadata)
         status.initialize(to: GRPC_STATUS_UNKNOWN)
@@ -71,6 +75,7 @@ final class ClientCall: @unchecked Sendable {
         sendBuffer = request.makeByteBuffer()
         var ops = [grpc_op](repeating: grpc_op(), count: 6)
         ops[0].op = GRPC_OP_SEND_INITIAL_METADATA
+        sentMetadata?.attach(to: &ops[0])
         ops[1].op = GRPC_OP_SEND_MESSAGE
         ops[1].data.send_message.send_message = sendBuffer
         ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT
@@ -115,6 +120,7 @@ final class ClientCall: @unchecked Sendable {
         sendBuffer = request.makeByteBuffer()
         var send = [grpc_op](repeating: grpc_op(), count: 4)
         send[0].op = GRPC_OP_SEND_INITIAL_METADATA
+        sentMetadata?.attach(to: &send[0])
         send[1].op = GRPC_OP_SEND_MESSAGE
         send[1].data.send_message.send_message = sendBuffer
         send[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT
@@ -172,6 +178,7 @@ final class ClientCall: @unchecked Sendable {
         ops[0].op = GRPC_OP_SEND_MESSAGE
         ops[0].data.send_message.send_message = sendBuffer
         ops[1].op = GRPC_OP_SEND_INITIAL_METADATA
+        sentMetadata?.attach(to: &ops[1])
         let started = startBatch(withInitialMetadata ? ops : [ops[0]], CompletionTag { [self] success in
             destroySendBuffer()
             batchFinished()

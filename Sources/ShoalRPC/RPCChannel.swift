@@ -22,14 +22,18 @@ public final class RPCChannel: @unchecked Sendable {
     private let lock = NSLock()
     private var raw: OpaquePointer?  // grpc_channel*
     private var methods: [String: UnsafeMutableRawPointer] = [:]
+    private let sentMetadata: SentMetadata?
 
     /// Creates a channel to `target` (`"host:port"`). Connecting is lazy: an unreachable server
     /// shows up as calls failing with `.unavailable`.
     /// - Parameter maxReceiveBytes: the largest response message accepted (default 64 MiB);
     ///   a larger one fails the call with `.resourceExhausted`.
-    public init(target: String, security: RPCSecurity = .insecure, maxReceiveBytes: Int = 64 << 20) {
+    /// - Parameter metadata: sent with every call (lowercase names), e.g. `authorization`.
+    public init(target: String, security: RPCSecurity = .insecure, maxReceiveBytes: Int = 64 << 20,
+                metadata: [(name: String, value: String)] = []) {
         GRPCLibrary.retain()
         self.target = target
+        sentMetadata = metadata.isEmpty ? nil : SentMetadata(metadata)
         let credentials = security.makeChannelCredentials()
         raw = withChannelArguments(maxReceiveBytes: maxReceiveBytes) {
             grpc_channel_create(target, credentials, $0)
@@ -157,7 +161,7 @@ public final class RPCChannel: @unchecked Sendable {
             }
             let call = grpc_channel_create_registered_call(
                 channel, nil, cgrpc_propagate_defaults(), queue ?? channelQueue().raw, handle, deadline, nil)!
-            return ClientCall(raw: call, registry: calls)
+            return ClientCall(raw: call, registry: calls, metadata: sentMetadata)
         }
     }
 }

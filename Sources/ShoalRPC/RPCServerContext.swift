@@ -8,16 +8,27 @@ public final class RPCServerContext: Sendable {
     public let method: String
     /// When the client stops waiting, or nil when it set no deadline.
     public let deadline: ContinuousClock.Instant?
+    /// The request metadata, names in lowercase, in the order sent.
+    public let metadata: [(name: String, value: String)]
+    /// The client's address as the core names it (`ipv4:127.0.0.1:50312`).
+    public let peer: String
     private let cancelled = Atomic<Bool>(false)
+
+    /// The first value of metadata `name` (lowercase).
+    public func metadata(_ name: String) -> String? {
+        metadata.first { $0.name == name }?.value
+    }
 
     /// True once the client cancelled the call, its deadline passed, the connection broke or the
     /// server is shutting down. The handler's task is cancelled at the same moment, so
     /// `Task.isCancelled` and `Task.checkCancellation()` see it too.
     public var isCancelled: Bool { cancelled.load(ordering: .acquiring) }
 
-    init(method: String, deadline: gpr_timespec) {
+    init(method: String, deadline: gpr_timespec, metadata: [(name: String, value: String)] = [], peer: String = "") {
         self.method = method
         self.deadline = Self.instant(deadline)
+        self.metadata = metadata
+        self.peer = peer
     }
 
     func markCancelled() { cancelled.store(true, ordering: .releasing) }

@@ -80,7 +80,8 @@ final class ServerCore: @unchecked Sendable {
             requestCall(method)
             let request = slot.payload.pointee.map { RPCPayload(consuming: $0) }
             slot.payload.pointee = nil
-            dispatch(method.name, call: call, deadline: slot.deadline.pointee, request: request)
+            dispatch(method.name, call: call, deadline: slot.deadline.pointee, metadata: receivedMetadata(slot.metadata),
+                     request: request)
         }
         lock.withLock {
             guard accepting, let server = raw else { return }
@@ -92,8 +93,14 @@ final class ServerCore: @unchecked Sendable {
         }
     }
 
-    private func dispatch(_ method: String, call raw: OpaquePointer, deadline: gpr_timespec, request: RPCPayload?) {
-        let context = RPCServerContext(method: method, deadline: deadline)
+    private func dispatch(_ method: String, call raw: OpaquePointer, deadline: gpr_timespec,
+                          metadata: [(name: String, value: String)], request: RPCPayload?) {
+        var peer = ""
+        if let name = grpc_call_get_peer(raw) {
+            peer = String(cString: name)
+            gpr_free(name)
+        }
+        let context = RPCServerContext(method: method, deadline: deadline, metadata: metadata, peer: peer)
         let call = ServerCall(raw: raw, context: context, registry: calls)
         if let handler = exchange[method] {
             return call.serveExchange({ try handler($0, context) }, status: Self.status(for:))

@@ -117,9 +117,11 @@ public enum CoordinatorClientError: Error, CustomStringConvertible, Equatable, S
 public final class CoordinatorClient: Sendable {
     private let channel: RPCChannel
 
-    /// A client of the coordinator at `target` (`"host:port"`); connecting is lazy.
-    public init(target: String, security: RPCSecurity = .insecure) {
-        channel = RPCChannel(target: target, security: security)
+    /// A client of the coordinator at `target` (`"host:port"`); connecting is lazy. `apiKey`
+    /// goes with every call as `authorization: Bearer KEY`.
+    public init(target: String, security: RPCSecurity = .insecure, apiKey: String? = nil) {
+        channel = RPCChannel(target: target, security: security,
+                             metadata: apiKey.map { [("authorization", "Bearer \($0)")] } ?? [])
     }
 
     /// Cancels the calls still running and closes the connection. Idempotent.

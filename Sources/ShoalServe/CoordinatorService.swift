@@ -26,39 +26,63 @@ public struct CoordinatorService: Sendable {
     /// Most stop strings one request may carry.
     public static let maxStopStrings = 16
     /// Longest stop string, in UTF-8 bytes.
-    public static let maxStopBytes = 256
+    public static let maxStopBytes = ShoalServe.maxStopBytes
 
     private let service: any GenerationService
     private let modelName: String
     private let status: @Sendable () -> (running: Int, queued: Int)
+    private let keys: APIKeys?
 
-    /// The API over `service`; Health reports `modelName` and what `status` counts now.
+    /// The API over `service`; Health reports `modelName` and what `status` counts now. With
+    /// `keys`, every call must carry `authorization: Bearer KEY` metadata.
     public init(
-        service: any GenerationService, modelName: String,
+        service: any GenerationService, modelName: String, keys: APIKeys? = nil,
         status: @escaping @Sendable () -> (running: Int, queued: Int)
     ) {
         self.service = service
         self.modelName = modelName
+        self.keys = keys
         self.status = status
     }
 
     /// Tokenize and Health, by method path.
     public var unaryHandlers: [String: RPCServer.UnaryHandler] {
         [
-            CoordinatorMethod.tokenize: { payload, _ in try self.tokenize(payload) },
-            CoordinatorMethod.health: { payload, _ in try self.health(payload) },
+            CoordinatorMethod.tokenize: { payload, context in
+                _ = try self.client(context)
+                return try self.tokenize(payload)
+            },
+            CoordinatorMethod.health: { payload, context in
+                _ = try self.client(context)
+                return try self.health(payload)
+            },
         ]
     }
 
     /// Generate, by method path.
     public var streamingHandlers: [String: RPCServer.StreamingHandler] {
-        [CoordinatorMethod.generate: { payload, _, writer in try await self.generate(payload, writer) }]
+        [CoordinatorMethod.generate: { payload, context, writer in
+            try await self.generate(payload, client: try self.client(context), writer)
+        }]
+    }
+
+    /// Who is calling: the label of the API key in the call's `authorization` metadata, or,
+    /// without keys, the peer's address.
+    /// - Throws: `.unauthenticated` when keys are set and the call carries none of them.
+    private func client(_ context: RPCServerContext) throws(RPCStatus) -> String {
+        guard let keys else { return peerHost(context.peer) }
+        guard let token = bearerToken(context.metadata("authorization")), let client = keys.client(presenting: token) else {
+            throw RPCStatus(code: .unauthenticated,
+                            message: "missing or unknown API key: send metadata authorization: Bearer KEY")
+        }
+        return client
     }
 
     // MARK: Generate
 
-    private func generate(_ payload: RPCPayload, _ writer: RPCStreamWriter) async throws {
-        let request = try generationRequest(try decode(payload, as: Shoal_V1_GenerateRequest.self))
+    private func generate(_ payload: RPCPayload, client: String, _ writer: RPCStreamWriter) async throws {
+        var request = try generationRequest(try decode(payload, as: Shoal_V1_GenerateRequest.self))
+        request.client = client
         // Events arrive on the scheduler's thread, which must not wait for the network.
         let (events, sink) = AsyncStream.makeStream(of: GenerationEvent.self, bufferingPolicy: .unbounded)
         let ticket: any GenerationTicket
@@ -101,8 +125,10 @@ public struct CoordinatorService: Sendable {
         case nil:
             throw invalid("prompt: set one of text, chat or ids")
         case let .text(text)?:
+            try checkLength(text.utf8.count, "text")
             prompt = service.tokenizer.encode(text, bos: true)
         case let .chat(conversation)?:
+            try checkLength(conversation.turns.reduce(0) { $0 + $1.content.utf8.count }, "chat")
             prompt = try encode(conversation)
         case let .ids(list)?:
             prompt = try validIDs(list.ids)
@@ -148,7 +174,7 @@ public struct CoordinatorService: Sendable {
     /// The status a refused submission ends the call with.
     private static func status(for error: SubmitError) -> RPCStatus {
         switch error {
-        case .contextOverflow, .exceedsCacheCapacity, .invalidPrompt:
+        case .contextOverflow, .exceedsCacheCapacity, .exceedsRequestLimit, .invalidPrompt:
             RPCStatus(code: .invalidArgument, message: error.description)
         case .queueFull:
             RPCStatus(code: .resourceExhausted, message: error.description)
@@ -166,9 +192,11 @@ public struct CoordinatorService: Sendable {
         case nil:
             throw invalid("input: set one of text or chat")
         case let .text(text)?:
+            try checkLength(text.utf8.count, "text")
             response.ids = service.tokenizer.encode(text, bos: request.bos).map { UInt32($0) }
         case let .chat(conversation)?:
             guard !request.bos else { throw invalid("bos: applies to text only; a chat always begins with BOS") }
+            try checkLength(conversation.turns.reduce(0) { $0 + $1.content.utf8.count }, "chat")
             response.ids = try encode(conversation).map { UInt32($0) }
         }
         return try RPCPayload(message: response)
@@ -212,6 +240,13 @@ public struct CoordinatorService: Sendable {
         }
     }
 
+    /// Refuses prompt text longer than the service tokenizes.
+    private func checkLength(_ bytes: Int, _ field: String) throws(RPCStatus) {
+        guard bytes <= service.maxPromptBytes else {
+            throw invalid("\(field): \(bytes) bytes of text, more than the \(service.maxPromptBytes) this server tokenizes for one request")
+        }
+    }
+
     private func validIDs(_ ids: [UInt32]) throws(RPCStatus) -> [Int] {
         guard !ids.isEmpty else { throw invalid("ids: must not be empty") }
         let vocabSize = service.tokenizer.vocabSize
@@ -220,6 +255,15 @@ public struct CoordinatorService: Sendable {
         }
         return ids.map { Int($0) }
     }
+}
+
+/// `ipv4:203.0.113.7:51234` → `203.0.113.7`; `ipv6:[::1]:51234` → `::1`.
+func peerHost(_ peer: String) -> String {
+    var rest = Substring(peer)
+    if let colon = rest.firstIndex(of: ":"), ["ipv4", "ipv6"].contains(rest[..<colon]) { rest = rest[rest.index(after: colon)...] }
+    if rest.hasPrefix("["), let close = rest.firstIndex(of: "]") { return String(rest[rest.index(after: rest.startIndex)..<close]) }
+    if let colon = rest.lastIndex(of: ":") { return String(rest[..<colon]) }
+    return String(rest)
 }
 
 private func invalid(_ message: String) -> RPCStatus {

@@ -7,10 +7,14 @@ public struct GenerationRequest: Sendable {
     public var prompt: [Int]
     /// Length, sampling (own seed), stop strings.
     public var parameters: GenerationParameters
+    /// Who asked (the API key's label, or the peer's address without keys): admission shares
+    /// the batch and the KV cache between clients.
+    public var client: String
 
-    public init(prompt: [Int], parameters: GenerationParameters) {
+    public init(prompt: [Int], parameters: GenerationParameters, client: String = "") {
         self.prompt = prompt
         self.parameters = parameters
+        self.client = client
     }
 }
 
@@ -52,6 +56,8 @@ public enum SubmitError: Error, CustomStringConvertible, Equatable, Sendable {
     case contextOverflow(needed: Int, limit: Int)
     /// The sequence needs more KV-cache memory than the server has in all.
     case exceedsCacheCapacity(neededTokens: Int, capacityTokens: Int)
+    /// Prompt plus max tokens exceed what one request may hold (`--max-request-tokens`).
+    case exceedsRequestLimit(neededTokens: Int, limitTokens: Int)
     /// The queue of waiting requests is full.
     case queueFull(limit: Int)
     /// An empty prompt or an id outside the vocabulary.
@@ -61,7 +67,7 @@ public enum SubmitError: Error, CustomStringConvertible, Equatable, Sendable {
 
     public var status: Int {
         switch self {
-        case .contextOverflow, .exceedsCacheCapacity, .invalidPrompt: 400
+        case .contextOverflow, .exceedsCacheCapacity, .exceedsRequestLimit, .invalidPrompt: 400
         case .queueFull: 429
         case .shuttingDown: 503
         }
@@ -73,6 +79,8 @@ public enum SubmitError: Error, CustomStringConvertible, Equatable, Sendable {
             "prompt plus max_tokens is \(needed) tokens, past the model's context of \(limit)"
         case let .exceedsCacheCapacity(needed, capacity):
             "the request needs \(needed) tokens of KV cache, more than this server's \(capacity) in all; lower max_tokens or start the server with a larger --kv-cache-tokens"
+        case let .exceedsRequestLimit(needed, limit):
+            "prompt plus max_tokens is \(needed) tokens, past this server's limit of \(limit) per request; lower max_tokens or shorten the prompt"
         case let .queueFull(limit):
             "the server is busy: \(limit) requests are already waiting; retry later"
         case let .invalidPrompt(why):
@@ -99,6 +107,10 @@ public protocol GenerationService: AnyObject, Sendable {
     /// The tokens a request may generate when it names no limit, after a prompt of
     /// `promptTokens`.
     func defaultMaxTokens(promptTokens: Int) -> Int
+    /// The longest prompt text (UTF-8 bytes, all messages together) taken to the tokenizer:
+    /// longer text could not fit the per-request token limit anyway, and tokenizing it would
+    /// cost the server CPU for nothing.
+    var maxPromptBytes: Int { get }
     /// Queues `request`; `onEvent` is called on the scheduler's thread, in order, and must
     /// not block.
     func submit(
@@ -111,4 +123,11 @@ extension GenerationService {
     public func defaultMaxTokens(promptTokens: Int) -> Int {
         max(1, min(1024, contextLimit - promptTokens))
     }
+
+    /// 32 bytes per token of the context: no tokenizer piece is that long.
+    public var maxPromptBytes: Int { 32 * contextLimit }
 }
+
+/// The longest stop string, in UTF-8 bytes, on every API: the stop check runs on the batch's
+/// thread once per generated token.
+public let maxStopBytes = 256

@@ -3,7 +3,9 @@ import ShoalModel
 import ShoalTokenizer
 
 // The request bodies of /v1/chat/completions and /v1/completions. Unknown fields are ignored
-// (clients send many); a known field of the wrong JSON type or out of range is a 400 naming it.
+// (clients send many); a known field of the wrong JSON type or out of range is a 400 naming it,
+// and so is a field asking for what this server does not do (tools, JSON mode, log
+// probabilities, several choices, penalties), rather than an answer that silently ignores it.
 
 /// A chat completion request, checked.
 struct ChatCompletionRequest: Decodable {
@@ -18,6 +20,10 @@ struct ChatCompletionRequest: Decodable {
         guard !messages.isEmpty else { throw APIError.wrongValue("messages", "must contain at least one message") }
         if try body.optional("logprobs", "a boolean", as: Bool.self) == true {
             throw APIError.wrongValue("logprobs", "log probabilities are not supported")
+        }
+        for field in ["tools", "tool_choice", "functions", "function_call", "response_format", "top_logprobs",
+                      "parallel_tool_calls", "audio", "modalities", "prediction"] where body.isSet(field) {
+            throw APIError.unsupported(field)
         }
         self.messages = messages.map(\.message)
         options = try CompletionOptions(body)
@@ -41,6 +47,10 @@ struct TextCompletionRequest: Decodable {
             throw APIError.wrongValue("echo", "echo is not supported")
         }
         if body.isSet("logprobs") { throw APIError.wrongValue("logprobs", "log probabilities are not supported") }
+        for field in ["suffix"] where body.isSet(field) { throw APIError.unsupported(field) }
+        if let bestOf = try body.optional("best_of", "an integer", as: Int.self), bestOf != 1 {
+            throw APIError.wrongValue("best_of", "only 1 is supported, got \(bestOf)")
+        }
         prompt = prompts.strings[0]
         options = try CompletionOptions(body)
     }
@@ -51,6 +61,8 @@ struct CompletionOptions {
     /// Most stop strings, as OpenAI allows.
     static let maxStopStrings = 4
 
+    /// The `model` the request names, nil when it names none.
+    var model: String?
     /// Nil: the service's default (`GenerationService.defaultMaxTokens`).
     var maxTokens: Int?
     var sampling: SamplingParameters
@@ -60,8 +72,7 @@ struct CompletionOptions {
     var includeUsage: Bool
 
     init(_ body: KeyedDecodingContainer<FieldKey>) throws(APIError) {
-        // Any model name is served by the one model; only its type is checked.
-        _ = try body.optional("model", "a string", as: String.self)
+        model = try body.optional("model", "a string", as: String.self)
         // max_completion_tokens is the newer name of max_tokens.
         maxTokens = nil
         for name in ["max_completion_tokens", "max_tokens"] {
@@ -85,6 +96,17 @@ struct CompletionOptions {
             throw .wrongValue("stop", "at most \(Self.maxStopStrings) stop strings, got \(stop.count)")
         }
         guard !stop.contains("") else { throw .wrongValue("stop", "stop strings must not be empty") }
+        if let long = stop.first(where: { $0.utf8.count > maxStopBytes }) {
+            throw .wrongValue("stop", "stop strings may be at most \(maxStopBytes) bytes, got one of \(long.utf8.count)")
+        }
+        for penalty in ["presence_penalty", "frequency_penalty"] {
+            if let value = try body.optional(penalty, "a number", as: Double.self), value != 0 {
+                throw .wrongValue(penalty, "penalties are not supported (only 0), got \(value)")
+            }
+        }
+        if let bias = try body.optional("logit_bias", "an object", as: [String: Double].self), !bias.isEmpty {
+            throw .unsupported("logit_bias")
+        }
 
         let n = try body.optional("n", "an integer", as: Int.self) ?? 1
         guard n == 1 else { throw .wrongValue("n", "only 1 choice per request is supported, got \(n)") }

@@ -29,10 +29,16 @@ struct APIError: Error {
         invalid("Invalid value for '\(param)': \(why).", param: param)
     }
 
+    /// A 400 for a field asking for something this server does not do.
+    static func unsupported(_ param: String) -> APIError {
+        invalid("'\(param)' is not supported by this server; remove it from the request.", param: param,
+                code: "unsupported_parameter")
+    }
+
     /// The answer to a submission the scheduler refused, with the status it names.
     init(_ error: SubmitError) {
         let code: String? = switch error {
-        case .contextOverflow, .exceedsCacheCapacity: "context_length_exceeded"
+        case .contextOverflow, .exceedsCacheCapacity, .exceedsRequestLimit: "context_length_exceeded"
         case .queueFull: "rate_limit_exceeded"
         case .invalidPrompt, .shuttingDown: nil
         }

@@ -15,9 +15,15 @@ public final class PromptServer: @unchecked Sendable {
         public var http: String? = "127.0.0.1:8080"
         /// gRPC `host:port`; port 0 picks a free one. Nil: no gRPC API.
         public var grpc: String? = "127.0.0.1:7000"
+        /// A second HTTP listener serving only /metrics and /health, without keys; nil: none.
+        public var metrics: String?
         /// The id clients name the model by (`/v1/models`).
         public var modelName = "mixtral"
         public var scheduler = Scheduler.Options()
+        /// Who may call the HTTP API (keys, hosts, web origins); the keys guard gRPC too.
+        public var access = HTTPAccess()
+        /// TLS of the gRPC prompt API (server certificate only); nil: plaintext.
+        public var grpcSecurity: RPCSecurity?
 
         public init() {}
     }
@@ -25,6 +31,7 @@ public final class PromptServer: @unchecked Sendable {
     public let scheduler: Scheduler
     public let metrics: ServeMetrics
     private let http: HTTPServer?
+    private let metricsHTTP: HTTPServer?
     private let grpc: RPCServer?
 
     /// Starts serving `engine`: the scheduler's thread first, then the listeners.
@@ -53,26 +60,39 @@ public final class PromptServer: @unchecked Sendable {
         scheduler.start()
         let metrics = self.metrics, scheduler = self.scheduler
         do {
-            if let address = options.http {
+            http = try options.http.map { address in
                 let (host, port) = try Self.split(address)
-                let api = OpenAIAPI(service: scheduler, modelName: options.modelName,
+                var access = options.access
+                if access.allowedHosts == nil {
+                    access.allowedHosts = HTTPAccess.defaultHosts(listening: host, extra: [])
+                }
+                let api = OpenAIAPI(service: scheduler, modelName: options.modelName, access: access,
                                     metricsText: { metrics.render() }, log: log)
-                http = try HTTPServer.start(host: host, port: port) { request, responder in
+                return try HTTPServer.start(host: host, port: port) { request, responder in
                     api.handle(request, responder)
                 }
-            } else {
-                http = nil
             }
         } catch {
             scheduler.shutdown(grace: .zero)
             throw error
         }
         do {
+            metricsHTTP = try options.metrics.map { address in
+                let (host, port) = try Self.split(address)
+                let access = HTTPAccess(allowedHosts: options.access.allowedHosts ?? HTTPAccess.defaultHosts(listening: host, extra: []))
+                let api = OpenAIAPI(service: scheduler, modelName: options.modelName, access: access, surface: .metricsOnly,
+                                    metricsText: { metrics.render() }, log: log)
+                return try HTTPServer.start(host: host, port: port) { request, responder in
+                    api.handle(request, responder)
+                }
+            }
             if let address = options.grpc {
                 _ = try Self.split(address)
-                let service = CoordinatorService(service: scheduler, modelName: options.modelName) { scheduler.load }
-                grpc = try RPCServer.start(listen: address, unary: service.unaryHandlers,
-                                           serverStreaming: service.streamingHandlers)
+                let service = CoordinatorService(service: scheduler, modelName: options.modelName, keys: options.access.keys) {
+                    scheduler.load
+                }
+                grpc = try RPCServer.start(listen: address, security: options.grpcSecurity ?? .insecure,
+                                           unary: service.unaryHandlers, serverStreaming: service.streamingHandlers)
             } else {
                 grpc = nil
             }
@@ -85,6 +105,8 @@ public final class PromptServer: @unchecked Sendable {
 
     /// The bound HTTP port, nil without HTTP.
     public var httpPort: Int? { http?.port }
+    /// The bound port of the metrics-only listener, nil without one.
+    public var metricsPort: Int? { metricsHTTP?.port }
     /// The bound gRPC port, nil without gRPC.
     public var grpcPort: Int? { grpc?.port }
 
@@ -93,7 +115,7 @@ public final class PromptServer: @unchecked Sendable {
     /// and returns when everything has stopped.
     public func shutdown(grace: Duration) {
         let closed = DispatchGroup()
-        if let http {
+        for http in [http, metricsHTTP].compactMap({ $0 }) {
             closed.enter()
             Thread.detachNewThread {
                 http.shutdown(grace: grace + .seconds(1))
@@ -112,7 +134,7 @@ public final class PromptServer: @unchecked Sendable {
     }
 
     /// `"host:port"` → its parts; `[::1]:80` and `:80` (every interface) too.
-    static func split(_ address: String) throws -> (host: String, port: Int) {
+    public static func split(_ address: String) throws -> (host: String, port: Int) {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
               (0...65535).contains(port) else { throw ServeError.badAddress(address) }
         var host = String(address[..<colon])
@@ -124,10 +146,12 @@ public final class PromptServer: @unchecked Sendable {
 /// Why the server could not start.
 public enum ServeError: Error, CustomStringConvertible, Equatable {
     case badAddress(String)
+    case apiKeys(String)
 
     public var description: String {
         switch self {
         case let .badAddress(address): "'\(address)' is not HOST:PORT"
+        case let .apiKeys(why): "--api-key-file \(why)"
         }
     }
 }

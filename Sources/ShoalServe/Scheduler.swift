@@ -18,7 +18,15 @@ import Synchronization
 ///
 /// KV-cache memory is reserved whole when a request is admitted (prompt plus max tokens),
 /// within a fixed budget: a request that fits the budget but not what is free now waits in
-/// the queue; one that exceeds the whole budget is refused at submission.
+/// the queue; one that exceeds the whole budget, or `maxRequestTokens`, is refused at
+/// submission.
+///
+/// Admission is fair between clients (`GenerationRequest.client`): a client holds at most
+/// `clientShare` of the batch places and of the KV cache, so others always find room; among
+/// the waiting requests that fit, the one whose client runs the fewest sequences goes first
+/// (then the oldest); a request that does not fit yet does not hold back smaller ones behind
+/// it, until it has waited `headOfLineWait`: then nothing new is admitted before it, so a
+/// stream of small requests cannot starve a large one.
 public final class Scheduler: GenerationService, @unchecked Sendable {
     /// Limits of the scheduler; see `shoal serve --help`.
     public struct Options: Sendable {
@@ -33,8 +41,19 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
         /// Tokens a request may generate when it names no limit (their KV cache is reserved
         /// at admission, so an unbounded default would hold the whole budget).
         public var defaultMaxTokens = 1024
+        /// Most KV-cache positions (prompt plus max tokens) one request may reserve.
+        public var maxRequestTokens = 4096
+        /// The fraction of the batch places and of the KV cache one client may hold.
+        public var clientShare = 0.75
+        /// How long a request that does not fit yet lets smaller ones pass it.
+        public var headOfLineWait = Duration.seconds(5)
 
         public init() {}
+
+        /// Places one client may hold: at least one.
+        var clientPlaces: Int { max(1, Int((Double(maxBatch) * clientShare).rounded(.up))) }
+        /// KV-cache positions one client may hold: at least one request's worth.
+        var clientTokens: Int { max(min(maxRequestTokens, kvCacheTokens), Int(Double(kvCacheTokens) * clientShare)) }
     }
 
     public let tokenizer: SentencePieceTokenizer
@@ -88,10 +107,14 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
 
     public var isReady: Bool { readiness() }
 
-    /// `defaultMaxTokens`, within the context and the KV budget.
+    /// `defaultMaxTokens`, within the context, the KV budget and the per-request limit.
     public func defaultMaxTokens(promptTokens: Int) -> Int {
-        max(1, min(options.defaultMaxTokens, contextLimit - promptTokens, options.kvCacheTokens - promptTokens))
+        max(1, min(options.defaultMaxTokens, contextLimit - promptTokens, options.kvCacheTokens - promptTokens,
+                   options.maxRequestTokens - promptTokens))
     }
+
+    /// 32 bytes per token one request may hold (no tokenizer piece is that long).
+    public var maxPromptBytes: Int { 32 * min(options.maxRequestTokens, contextLimit) }
 
     /// Sequences running and waiting now.
     public var load: (running: Int, queued: Int) {
@@ -132,6 +155,9 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
         guard needed <= contextLimit else { throw .contextOverflow(needed: needed, limit: contextLimit) }
         guard needed <= options.kvCacheTokens else {
             throw .exceedsCacheCapacity(neededTokens: needed, capacityTokens: options.kvCacheTokens)
+        }
+        guard needed <= options.maxRequestTokens else {
+            throw .exceedsRequestLimit(neededTokens: needed, limitTokens: options.maxRequestTokens)
         }
         let sequence = ScheduledSequence(request: request, tokenizer: tokenizer, eosId: model.config.eosId, onEvent: onEvent)
         try shared.withLock { (state) throws(SubmitError) in
@@ -202,15 +228,41 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
         }
     }
 
-    /// Moves waiting requests into the batch, oldest first, while places and KV memory last.
+    /// Moves waiting requests into the batch while places and KV memory last, fairly between
+    /// clients (the type's comment gives the policy).
     private func admit() {
         let admitted: [ScheduledSequence] = shared.withLock { state in
             var taken: [ScheduledSequence] = []
             var reserved = reservedTokens
-            while let next = state.waiting.first, running.count + taken.count < options.maxBatch,
-                  reserved + next.reservation <= options.kvCacheTokens {
-                taken.append(state.waiting.removeFirst())
+            var places: [String: Int] = [:], tokens: [String: Int] = [:]
+            for sequence in running {
+                places[sequence.request.client, default: 0] += 1
+                tokens[sequence.request.client, default: 0] += sequence.reservation
+            }
+            let now = ContinuousClock.now
+            while running.count + taken.count < options.maxBatch {
+                // Requests whose client is within its share; of those, the ones that fit now.
+                let waiting = state.waiting
+                func withinShare(_ i: Int) -> Bool {
+                    let next = waiting[i], client = next.request.client
+                    return places[client, default: 0] < options.clientPlaces
+                        && tokens[client, default: 0] + next.reservation <= options.clientTokens
+                }
+                let fits = waiting.indices.filter {
+                    withinShare($0) && reserved + waiting[$0].reservation <= options.kvCacheTokens
+                }
+                // A request within its share that has waited long enough is not passed any more.
+                let overdue = waiting.indices.first {
+                    now - waiting[$0].submitted >= options.headOfLineWait && withinShare($0)
+                }
+                let eligible = overdue.map { o in fits.filter { $0 <= o } } ?? fits
+                guard let pick = eligible.min(by: { places[waiting[$0].request.client, default: 0]
+                        < places[waiting[$1].request.client, default: 0] }) else { break }
+                let next = state.waiting.remove(at: pick)
+                taken.append(next)
                 reserved += next.reservation
+                places[next.request.client, default: 0] += 1
+                tokens[next.request.client, default: 0] += next.reservation
             }
             state.running = running.count + taken.count
             return taken

@@ -84,8 +84,10 @@ func scriptedSummary(_ text: String, _ reason: FinishReason, prompt: Int = 7, co
 }
 
 /// Runs `body` with the API over `service` on a loopback HTTP server.
-func withAPI<T>(_ service: ScriptedService, body: (Int) throws -> T) throws -> T {
-    let api = OpenAIAPI(service: service, modelName: "tiny-mixtral", metricsText: { "shoal_up 1\n" }, log: nil)
+func withAPI<T>(_ service: ScriptedService, access: HTTPAccess = HTTPAccess(), surface: OpenAIAPI.Surface = .api,
+                body: (Int) throws -> T) throws -> T {
+    let api = OpenAIAPI(service: service, modelName: "tiny-mixtral", access: access, surface: surface,
+                        metricsText: { "shoal_up 1\n" }, log: nil)
     let server = try HTTPServer.start(host: "127.0.0.1", port: 0) { request, responder in api.handle(request, responder) }
     defer { server.shutdown(grace: .zero) }
     return try body(server.port)
@@ -129,9 +131,11 @@ final class APIClient {
     deinit { Glibc.close(fd) }
 
     /// One request and its whole response.
-    static func request(port: Int, _ method: String, _ path: String, json: Any? = nil) throws -> APIResponse {
+    static func request(port: Int, _ method: String, _ path: String, json: Any? = nil,
+                        headers: [(String, String)] = [("Host", "test")]) throws -> APIResponse {
         let client = try APIClient(port: port)
-        try client.send(method, path, body: try json.map { try JSONSerialization.data(withJSONObject: $0) }.map(Array.init) ?? [])
+        try client.send(method, path, body: try json.map { try JSONSerialization.data(withJSONObject: $0) }.map(Array.init) ?? [],
+                        headers: headers)
         return try client.readResponse()
     }
 
@@ -142,9 +146,10 @@ final class APIClient {
         return try client.readResponse()
     }
 
-    func send(_ method: String, _ path: String, body: [UInt8]) throws {
-        let head = "\(method) \(path) HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            + "Content-Length: \(body.count)\r\nConnection: close\r\n\r\n"
+    /// Sends one request; `headers` replace the default `Host: test`.
+    func send(_ method: String, _ path: String, body: [UInt8], headers: [(String, String)] = [("Host", "test")]) throws {
+        let head = "\(method) \(path) HTTP/1.1\r\n" + headers.map { "\($0): \($1)\r\n" }.joined()
+            + "Content-Type: application/json\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n"
         let bytes = Array(head.utf8) + body
         let sent = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         guard sent == bytes.count else { throw Failure(description: "send: errno \(errno)") }

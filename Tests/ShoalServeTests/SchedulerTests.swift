@@ -117,7 +117,9 @@ import Testing
             let engine = try Engine(folder: folder, threads: 1)
             let alone = try engine.generator.generate(prompt: requests[2].prompt, parameters: requests[2].parameters)
             let metrics = ServeMetrics(layers: engine.model.config.layers, experts: engine.model.config.experts, workers: [])
-            let scheduler = Scheduler(engine: engine, metrics: metrics)
+            var options = Scheduler.Options()
+            options.maxRequestTokens = 8192
+            let scheduler = Scheduler(engine: engine, options: options, metrics: metrics)
             scheduler.start()
             defer { scheduler.shutdown(grace: .zero) }
             let long = EventLog()
