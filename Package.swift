@@ -85,7 +85,8 @@ let package = Package(
         // Test helpers shared by the test targets: the fixtures' location, in-process workers.
         .target(
             name: "ShoalTestSupport",
-            dependencies: ["ShoalCluster", "ShoalModel", "ShoalRPC", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC",
+                           .product(name: "Logging", package: "swift-log")],
             path: "Tests/ShoalTestSupport"
         ),
         .testTarget(name: "ShoalTensorTests", dependencies: ["ShoalTensor", "ShoalTestSupport"]),

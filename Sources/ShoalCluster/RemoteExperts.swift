@@ -323,8 +323,7 @@ public final class RemoteExperts: ExpertBackend {
                     response = try payload.message(Shoal_V1_ComputeResponse.self)
                     try validate(response, tokenCount: plans[w].tokens.count, dim: dim, dtype: wire)
                 } catch {
-                    throw ClusterError.badResponse(worker: workers[w].address, layer: layer,
-                                                   experts: plans[w].experts, detail: "\(error)")
+                    throw badAnswer(w, layer: layer, experts: plans[w].experts, detail: "\(error)")
                 }
                 outputs[w] = response.output
                 slowest = max(slowest, .microseconds(Int64(clamping: response.computeMicros)))
@@ -341,6 +340,13 @@ public final class RemoteExperts: ExpertBackend {
             let rows = plans[w].tokens.count
             let p = partials[w].reserve(rows * dim)
             try ActivationCodec.decode(output, as: wire, into: UnsafeMutableBufferPointer(start: p, count: rows * dim))
+            // A sum of finite weights times finite activations is finite: anything else is a
+            // broken worker (or memory), never an answer to pass on.
+            if !allFinite(UnsafeBufferPointer(start: p, count: rows * dim)),
+               let bad = (0..<(rows * dim)).first(where: { !p[$0].isFinite }) {
+                throw badAnswer(w, layer: layer, experts: plans[w].experts,
+                                detail: "non-finite value \(p[bad]) in row \(bad / dim) of its output")
+            }
         }
         for t in 0..<n {
             for s in (t * k)..<(t * k + k) {
@@ -350,6 +356,17 @@ public final class RemoteExperts: ExpertBackend {
                 for i in 0..<dim { o[i] += src[i] }
             }
         }
+    }
+
+    /// A worker's answer that failed validation: the worker is marked down (its replica, if
+    /// any, serves from now on; probing brings it back once it answers hellos again) and the
+    /// error names it.
+    private func badAnswer(_ w: Int, layer: Int, experts: [Int], detail: String) -> ClusterError {
+        let failure = ClusterError.badResponse(worker: workers[w].address, layer: layer, experts: experts, detail: detail)
+        workers[w].alive = false
+        workers[w].lastError = failure
+        publishCoverage()
+        return failure
     }
 
     private func openStream(_ w: Int) {

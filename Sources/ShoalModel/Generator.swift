@@ -62,6 +62,7 @@ public final class Generator {
         var logits = try model.forward(prompt, cache: cache)
         let t1 = DispatchTime.now().uptimeNanoseconds
         while true {
+            guard Sampler.allFinite(logits) else { throw InferenceError.nonFiniteLogits }
             let step = decoder.next(logits)
             if !step.text.isEmpty { onText(step.text) }
             guard decoder.finishReason == nil, let id = step.id else { break }

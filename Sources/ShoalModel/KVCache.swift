@@ -44,6 +44,8 @@ public enum InferenceError: Error, CustomStringConvertible, Equatable {
     case emptyInput
     /// One cache given for two sequences of a batch.
     case sharedCache
+    /// The forward pass produced NaN or infinite logits: nothing sensible to sample.
+    case nonFiniteLogits
 
     public var description: String {
         switch self {
@@ -52,6 +54,7 @@ public enum InferenceError: Error, CustomStringConvertible, Equatable {
             return "the sequence needs \(needed) positions but the context holds \(limit)"
         case .emptyInput: return "no input tokens"
         case .sharedCache: return "two sequences of one batch share a KV cache"
+        case .nonFiniteLogits: return "the model produced NaN or infinite logits; no token was sampled"
         }
     }
 }

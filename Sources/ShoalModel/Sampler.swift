@@ -53,22 +53,33 @@ public struct Sampler: Sendable {
         rng = Xoshiro256(seed: parameters.seed)
     }
 
-    /// The index of the largest logit (the lowest index on a tie).
+    /// The index of the largest logit (the lowest index on a tie); NaN counts as smaller
+    /// than any number.
     public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
         var best = 0
-        for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+        for i in 1..<logits.count where logits[i] > logits[best] || (logits[best].isNaN && !logits[i].isNaN) { best = i }
         return best
     }
 
+    /// Whether every logit is a finite number. Callers check before sampling: a NaN or an
+    /// infinity means the forward pass went wrong, and no token drawn from it is an answer.
+    public static func allFinite(_ logits: UnsafeBufferPointer<Float>) -> Bool {
+        ShoalModel.allFinite(logits)
+    }
+
+    /// A token drawn from `logits`. Never traps: NaN and infinite logits are left out of the
+    /// draw, and when no finite one is left the argmax stands in (callers check `allFinite`
+    /// first and refuse such logits).
     public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int {
         let p = parameters
         if p.temperature <= 0 || p.topK == 1 { return Self.argmax(logits) }
-        let maxLogit = logits[Self.argmax(logits)]
+        let maxLogit = logits.reduce(-Float.infinity) { $1.isFinite ? max($0, $1) : $0 }
+        guard maxLogit.isFinite else { return Self.argmax(logits) }
         // Tokens more than 40 nats below the best weigh < e^-40 each: dropping them changes no draw
         // in practice and spares sorting the whole vocabulary every step.
         let floor = maxLogit - 40 * p.temperature
         candidates.removeAll(keepingCapacity: true)
-        for i in 0..<logits.count where logits[i] >= floor {
+        for i in 0..<logits.count where logits[i] >= floor && logits[i].isFinite {
             candidates.append((i, (logits[i] - maxLogit) / p.temperature))
         }
         candidates.sort { $0.p > $1.p || ($0.p == $1.p && $0.id < $1.id) }
@@ -94,4 +105,12 @@ public struct Sampler: Sendable {
         }
         return candidates[keep - 1].id
     }
+}
+
+/// Whether every value is finite, in one vectorizable pass: x · 0 is 0 for a finite x and NaN
+/// for NaN or ±∞, and a NaN anywhere makes the sum NaN.
+public func allFinite(_ values: UnsafeBufferPointer<Float>) -> Bool {
+    var sum: Float = 0
+    for x in values { sum += x * 0 }
+    return !sum.isNaN
 }

@@ -331,6 +331,12 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
                 guard sequence.isDecoding else { continue }  // more prompt to read
             }
             let row = UnsafeBufferPointer(rebasing: logits[(i * V)..<((i + 1) * V)])
+            guard Sampler.allFinite(row) else {
+                log.error("sequence failed: \(InferenceError.nonFiniteLogits)")
+                sequence.fail("\(InferenceError.nonFiniteLogits)", metrics)
+                ended.append(sequence)
+                continue
+            }
             if sequence.advance(row, at: now, metrics) { ended.append(sequence) }
         }
         for sequence in ended { release(sequence) }

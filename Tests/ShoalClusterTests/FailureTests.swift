@@ -112,3 +112,42 @@ struct Engines: @unchecked Sendable {
     let remote: Engine
     let local: Engine!
 }
+
+/// Answers are never trusted: a worker sending NaN activations (right size, right dtype) is a
+/// broken worker, named in the error; with a replica the request fails once and the next ones
+/// are served by the replica, exactly.
+@Suite struct UntrustedAnswerTests {
+    @Test func aNaNWorkerWithoutReplicaIsNamed() async throws {
+        let folder = try Fixtures.path("models/tiny-f32/hf")
+        let prompt = try Fixtures.prompts("tiny-f32")[0]
+        let cluster = try LocalCluster(folder: folder, specs: ["0-3", "4-7"], faults: [1: .nanAnswers])
+        let addresses = cluster.addresses
+        let engine = try await offPool { Engines(remote: try clusterEngine(folder, addresses), local: nil) }
+        let text = await errorText { _ = try greedy(engine.remote, prompt, tokens: 2) }
+        await cluster.stop()
+        #expect(text?.contains("worker \(addresses[1])") == true && text?.contains("non-finite value") == true,
+                "\(text ?? "no error")")
+    }
+
+    @Test func aNaNWorkerWithAReplicaStopsBeingUsed() async throws {
+        let folder = try Fixtures.path("models/tiny-f32/hf")
+        let prompt = try Fixtures.prompts("tiny-f32")[0]
+        let cluster = try LocalCluster(folder: folder, specs: ["0-3", "4-7", "4-7"], faults: [1: .nanAnswers])
+        let addresses = cluster.addresses
+        let engines = try await offPool {
+            Engines(remote: try clusterEngine(folder, addresses), local: try Engine(folder: folder, threads: 1))
+        }
+        let expected = try await offPool { try greedy(engines.local, prompt) }
+        var outcomes: [String] = []
+        for _ in 0..<3 {
+            let text = await errorText {
+                guard try greedy(engines.remote, prompt) == expected else { throw CancellationError() }
+            }
+            outcomes.append(text ?? "same")
+        }
+        await cluster.stop()
+        // At most the first request meets the NaN worker; every one after it is exact.
+        #expect(outcomes.dropFirst().allSatisfy { $0 == "same" }, "\(outcomes)")
+        #expect(outcomes[0] == "same" || outcomes[0].contains("non-finite value"), "\(outcomes)")
+    }
+}

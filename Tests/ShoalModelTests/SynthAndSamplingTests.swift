@@ -61,6 +61,34 @@ import ShoalTensor
         }
     }
 
+    /// NaN and infinite logits never trap the sampler (a broken worker once made it read
+    /// `candidates[-1]`), are never drawn, and `allFinite` flags them for callers to refuse.
+    @Test func nonFiniteLogitsNeitherTrapNorGetDrawn() {
+        let cases: [[Float]] = [
+            [.nan, .nan, .nan], [.nan, 1, 2, .nan], [-.infinity, 0.5, .infinity, .nan], [.infinity, .infinity], [2, 1, 0],
+        ]
+        for l in cases {
+            l.withUnsafeBufferPointer { p in
+                #expect(Sampler.allFinite(p) == l.allSatisfy(\.isFinite), "\(l)")
+                for parameters in [SamplingParameters(), SamplingParameters(temperature: 0.8, topK: 2, topP: 0.5, seed: 3),
+                                   SamplingParameters(temperature: 1.5, seed: 9)] {
+                    var sampler = Sampler(parameters)
+                    let drawn = (0..<50).map { _ in sampler.sample(p) }
+                    #expect(drawn.allSatisfy { l.indices.contains($0) }, "\(l)")
+                    if l.contains(where: \.isFinite) {
+                        #expect(drawn.allSatisfy { l[$0].isFinite || parameters.temperature == 0 }, "\(l): \(drawn)")
+                    }
+                }
+            }
+        }
+        [Float]([.nan, 1, 2, .nan]).withUnsafeBufferPointer { #expect(Sampler.argmax($0) == 2) }
+        // One NaN among a million finite values is found.
+        var big = [Float](repeating: 1, count: 1 << 20)
+        #expect(big.withUnsafeBufferPointer { Sampler.allFinite($0) })
+        big[777_777] = .nan
+        #expect(!big.withUnsafeBufferPointer { Sampler.allFinite($0) })
+    }
+
     @Test func stopStringsCutTheTextAndHoldBackPrefixes() {
         var emitted: [String] = []
         var m = StopMatcher(["END", "\n\n"])

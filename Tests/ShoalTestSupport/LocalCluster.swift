@@ -1,26 +1,58 @@
 import Foundation
 import Logging
-import ShoalCluster
+@testable import ShoalCluster
 import ShoalModel
+import ShoalProtocol
 import ShoalRPC
+import Synchronization
 
 /// Expert workers served from this test process on loopback, port 0, one `RPCServer` each.
 public final class LocalCluster: @unchecked Sendable {
     public let servers: [RPCServer]
     public let addresses: [String]
 
-    /// One worker per spec (`EXPERTS[@LAYERS]`), over the model in `folder`.
-    public init(folder: String, specs: [String]) throws {
+    /// One worker per spec (`EXPERTS[@LAYERS]`), over the model in `folder`; `faults[i]`
+    /// makes worker i misbehave as a broken or hostile one would.
+    public init(folder: String, specs: [String], faults: [Int: WorkerFault] = [:]) throws {
         var servers: [RPCServer] = []
-        for spec in specs {
+        for (i, spec) in specs.enumerated() {
             let checkpoint = try Checkpoint(folder: folder)
             let pairs = try ExpertSpec(spec).pairs(layers: checkpoint.config.layers, experts: checkpoint.config.experts)
             let worker = try ExpertWorker(checkpoint: checkpoint, pairs: pairs, threads: 1, name: "test \(spec)",
                                           logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-            servers.append(try worker.startServer(listen: "127.0.0.1:0"))
+            if let fault = faults[i] {
+                servers.append(try Self.startFaulty(worker, fault))
+            } else {
+                servers.append(try worker.startServer(listen: "127.0.0.1:0"))
+            }
         }
         self.servers = servers
         addresses = servers.map { "127.0.0.1:\($0.port)" }
+    }
+
+    /// `worker` served with `fault`: hellos and health checks answered honestly, Compute not.
+    private static func startFaulty(_ worker: ExpertWorker, _ fault: WorkerFault) throws -> RPCServer {
+        let compute: @Sendable (RPCPayload) throws -> RPCPayload = { request in
+            let answer = try worker.compute(request)
+            switch fault {
+            case .nanAnswers:
+                // Every activation NaN (all-ones bits, in f32 and bf16 alike), sizes intact.
+                var response = try answer.message(Shoal_V1_ComputeResponse.self)
+                response.output = Data(repeating: 0xFF, count: response.output.count)
+                return try RPCPayload(message: response)
+            case .hangs(let switchedOn):
+                while switchedOn.isOn { usleep(1_000) }
+                return answer
+            }
+        }
+        return try RPCServer.start(
+            listen: "127.0.0.1:0",
+            unary: [
+                ExpertServiceMethod.hello: { request, _ in try worker.hello(request) },
+                ExpertServiceMethod.health: { request, _ in try worker.health(request) },
+            ],
+            inline: [ExpertServiceMethod.compute: { request, _ in try compute(request) }],
+            exchange: [ExpertServiceMethod.computeStream: { request, _ in try compute(request) }])
     }
 
     public func stop() async {
@@ -39,3 +71,19 @@ public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) asy
     }
 }
 
+
+/// How a test worker misbehaves.
+public enum WorkerFault: Sendable {
+    /// Answers Compute with NaN activations of the right size and dtype.
+    case nanAnswers
+    /// Holds every Compute answer while the switch is on (a stopped or wedged process).
+    case hangs(Switch)
+}
+
+/// A flag a test turns on and off while a worker reads it.
+public final class Switch: Sendable {
+    private let value: Atomic<Bool>
+    public init(on: Bool = false) { value = Atomic(on) }
+    public var isOn: Bool { value.load(ordering: .acquiring) }
+    public func set(_ on: Bool) { value.store(on, ordering: .releasing) }
+}
