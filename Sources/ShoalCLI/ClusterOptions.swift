@@ -13,7 +13,7 @@ struct ClusterOptions: ParsableArguments {
     var workers: String?
     @Option(name: .customLong("wire-dtype"), help: "Activations on the wire: f32 (exact) or bf16 (half the bytes).")
     var wireDType: WireDTypeArgument = .bf16
-    @Option(help: "Deadline of one layer's call to a worker, in seconds.")
+    @Option(help: "The longest deadline of one layer's call to a worker, in seconds; once calls are measured the deadline is 10 times their time per token (at least 1.5 s), so a hung worker is given up on quickly.")
     var rpcTimeout: Double = 30
     @Option(help: "CPUs to pin this process's compute threads to, e.g. 0,1 (the forward pass on the first, helpers on the next ones); for a coordinator sharing its machine with workers. Default: not pinned.")
     var cpus: String?

@@ -16,15 +16,32 @@ import ShoalTensor
 ///
 /// A pair held by several workers is a replica: a token goes to a worker already serving
 /// another of its experts when one holds this expert too (so it is sent once), otherwise the
-/// holders take turns call by call. A worker whose call fails is marked down and the call
-/// fails naming it, the layer and the experts; later calls use the other holders, and a down
-/// worker is tried again (hello) when a pair has no live holder left.
+/// holders take turns call by call. A worker whose call fails, or whose answer is not a valid
+/// one (sizes, finite values), is marked down and the call fails naming it, the layer and the
+/// experts; later calls use the other holders. A down worker is probed from a thread of its own
+/// (`Prober`) and serves again within about a second of answering, also under load; one that
+/// sent a bad answer only after `quarantine`.
+///
+/// A layer's deadline follows what calls have measured: `deadlineMargin` times the slowest
+/// recent time per token, times the layer's tokens, at least `minimumDeadline` and at most
+/// `timeout` (which applies alone until 8 calls are measured). A hung worker so costs about
+/// `minimumDeadline` once, not `timeout` per call.
 public final class RemoteExperts: ExpertBackend {
     public struct Options: Sendable {
         /// Activation dtype on the wire: f32 is exact, bf16 halves the bytes.
         public var wireDType: WireDType = .bf16
-        /// Deadline of one Compute call.
+        /// The longest deadline of one Compute call (and the deadline before calls have been
+        /// measured).
         public var timeout: Duration = .seconds(30)
+        /// The shortest deadline of one Compute call, once measured.
+        public var minimumDeadline: Duration = .milliseconds(1500)
+        /// How many times the measured time a call may take before its worker counts as hung.
+        public var deadlineMargin = 10.0
+        /// Deadline of the background hellos that find hung and returning workers.
+        public var probeDeadline: Duration = .seconds(1)
+        /// How long a worker that sent a bad answer (wrong size, NaN) stays down, however well
+        /// it answers hellos meanwhile.
+        public var quarantine: Duration = .seconds(60)
         /// Deadline of one Hello.
         public var helloTimeout: Duration = .seconds(10)
         public var security: RPCSecurity = .insecure
@@ -46,6 +63,9 @@ public final class RemoteExperts: ExpertBackend {
         /// Why it is down, if it is.
         public fileprivate(set) var lastError: ClusterError?
         fileprivate var lastProbe: ContinuousClock.Instant?
+        /// Until when a worker that sent a bad answer stays down whatever its hellos say.
+        fileprivate var quarantinedUntil: ContinuousClock.Instant?
+        fileprivate var isQuarantined: Bool { quarantinedUntil.map { ContinuousClock.now < $0 } ?? false }
     }
 
     public private(set) var workers: [Worker]
@@ -63,6 +83,11 @@ public final class RemoteExperts: ExpertBackend {
     private let expectation: HandshakeExpectation
     private let dim: Int
     private let fanout = Fanout()
+    private var prober: Prober?
+    /// When the prober was last asked to check every worker.
+    private var lastCheckAll = ContinuousClock.now
+    /// Seconds per token of recent successful calls, newest last (at most 32).
+    private var recentRates: [Double] = []
     private let pool: ComputePool?
     /// [layer][expert] → indices of the workers that hold it, alive or not.
     private var holders: [[[Int]]]
@@ -133,6 +158,7 @@ public final class RemoteExperts: ExpertBackend {
                 throw error
             }
         }
+        prober = Prober(channels: channels, hello: try helloRequest(), deadline: options.probeDeadline)
         let missing = missingPairs()
         publishCoverage()
         if !missing.isEmpty {
@@ -143,7 +169,10 @@ public final class RemoteExperts: ExpertBackend {
     }
 
     // Closing the channels ends the streams, so the fan-out's queue drains when it goes.
-    deinit { for channel in channels { channel.close() } }
+    deinit {
+        prober?.stop()
+        for channel in channels { channel.close() }
+    }
 
     // MARK: - Liveness
 
@@ -168,24 +197,43 @@ public final class RemoteExperts: ExpertBackend {
         }
     }
 
-    private func publishCoverage() { coverage.set(missingPairs().isEmpty) }
+    private func publishCoverage() {
+        coverage.set(missingPairs().isEmpty)
+        prober?.setDown(Set(workers.indices.filter { !workers[$0].alive }))
+    }
 
-    /// Says hello to every worker again, for a coordinator with nothing to compute: a worker
-    /// that came back serves again, one that stopped answering is marked down (so health
-    /// checks see it before a request does). Call from the forward pass's thread.
+    /// For a coordinator with nothing to compute (call every half second or so, from the
+    /// forward pass's thread; it never blocks): takes in what the background hellos found —
+    /// a worker that came back serves again, one that stopped answering is marked down, so
+    /// health checks see it before a request does — and asks for another round of hellos to
+    /// every worker once a second.
     public func probe() {
-        guard let request = try? helloRequest() else { return }
-        let answers = fanout.call(channels, ExpertServiceMethod.hello,
-                                  Array(repeating: request, count: channels.count), timeout: options.helloTimeout)
-        for w in workers.indices {
+        applyProbes()
+        if ContinuousClock.now - lastCheckAll >= .seconds(1) {
+            lastCheckAll = .now
+            prober?.checkAll()
+        }
+    }
+
+    /// Applies the prober's answers: hellos accepted, workers that stopped answering down.
+    private func applyProbes() {
+        guard let results = prober?.takeResults(), !results.isEmpty else { return }
+        for result in results where !workers[result.worker].isQuarantined {
             do {
-                try accept(hello: answers[w]!.result, worker: w)
+                try accept(hello: result.answer, worker: result.worker)
             } catch {
-                workers[w].alive = false
-                workers[w].lastError = error as? ClusterError
+                if result.wasLive { workers[result.worker].alive = false }
+                workers[result.worker].lastError = error as? ClusterError
             }
         }
         publishCoverage()
+    }
+
+    /// This layer's deadline for `tokens` tokens (the type's comment gives the rule).
+    private func deadline(tokens: Int) -> Duration {
+        guard recentRates.count >= 8, let rate = recentRates.max() else { return options.timeout }
+        let measured = Duration.seconds(rate * Double(tokens) * options.deadlineMargin)
+        return min(options.timeout, max(options.minimumDeadline, measured))
     }
 
     private func helloRequest() throws -> RPCPayload {
@@ -240,6 +288,7 @@ public final class RemoteExperts: ExpertBackend {
     // MARK: - The MoE layer
 
     public func moe(layer: Int, x: UnsafePointer<Float>, routes: Routes, out: UnsafeMutablePointer<Float>) throws {
+        applyProbes()
         let n = routes.tokenCount, k = routes.k, slots = n * k
         rotation &+= 1
         for w in plans.indices { plans[w].reset() }
@@ -275,7 +324,8 @@ public final class RemoteExperts: ExpertBackend {
         }
         pool?.idle()
         let start = ContinuousClock.now
-        var answers = fanout.exchange(streams, requests, timeout: options.timeout)
+        let timeout = deadline(tokens: n)
+        var answers = fanout.exchange(streams, requests, timeout: timeout)
         // A stream can end while idle between calls (its worker restarted or shut down); its
         // end is only seen when it is used next. Such a stream gets the request once more on a
         // new one, so a restarted worker answers as a unary call would have reached it.
@@ -288,7 +338,7 @@ public final class RemoteExperts: ExpertBackend {
             }
         }
         if let again {
-            for (w, answer) in fanout.exchange(streams, again, timeout: options.timeout).enumerated() where again[w] != nil {
+            for (w, answer) in fanout.exchange(streams, again, timeout: timeout).enumerated() where again[w] != nil {
                 answers[w] = answer
             }
         }
@@ -331,6 +381,8 @@ public final class RemoteExperts: ExpertBackend {
         }
         stats.record(.init(layer: layer, tokens: n, elapsed: elapsed, sent: sent, received: received,
                                   workerCompute: slowest))
+        if recentRates.count == 32 { recentRates.removeFirst() }
+        recentRates.append(elapsed.seconds / Double(max(1, n)))
 
         // out[t] = 0 + partial(first worker) + partial(second) …, in the order of each
         // worker's lowest expert for t, which is the order its first slot appears in.
@@ -364,6 +416,8 @@ public final class RemoteExperts: ExpertBackend {
     private func badAnswer(_ w: Int, layer: Int, experts: [Int], detail: String) -> ClusterError {
         let failure = ClusterError.badResponse(worker: workers[w].address, layer: layer, experts: experts, detail: detail)
         workers[w].alive = false
+        // Its hellos may be fine while its answers are not: it sits out a while first.
+        workers[w].quarantinedUntil = .now + options.quarantine
         workers[w].lastError = failure
         publishCoverage()
         return failure
@@ -400,12 +454,13 @@ public final class RemoteExperts: ExpertBackend {
 
     private func revive(_ candidates: [Int]) {
         let due = candidates.filter {
-            !workers[$0].alive && (workers[$0].lastProbe.map { .now - $0 > .seconds(1) } ?? true)
+            !workers[$0].alive && !workers[$0].isQuarantined
+                && (workers[$0].lastProbe.map { .now - $0 > .seconds(1) } ?? true)
         }
         guard !due.isEmpty, let request = try? helloRequest() else { return }
         var requests: [RPCPayload?] = Array(repeating: nil, count: workers.count)
         for w in due { requests[w] = request }
-        let answers = fanout.call(channels, ExpertServiceMethod.hello, requests, timeout: options.helloTimeout)
+        let answers = fanout.call(channels, ExpertServiceMethod.hello, requests, timeout: options.probeDeadline)
         for w in due {
             do { try accept(hello: answers[w]!.result, worker: w) } catch let error as ClusterError {
                 workers[w].lastError = error

@@ -79,8 +79,8 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
     }
 
     /// Wraps `engine`'s model; `isReady` tells whether every expert has a live holder, and
-    /// `probe`, when given, is run on the step thread every few seconds while nothing runs
-    /// (the cluster's liveness check).
+    /// `probe`, when given, is run on the step thread every half second while nothing runs
+    /// (the cluster's liveness check; it must not block).
     public init(engine: Engine, options: Options = Options(), metrics: ServeMetrics? = nil,
                 isReady: @escaping @Sendable () -> Bool = { true }, probe: (() -> Void)? = nil,
                 log: Logger = Logger(label: "shoal.scheduler")) {
@@ -211,7 +211,7 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
             }
             admit()
             if running.isEmpty {
-                if let probe, ContinuousClock.now - lastProbe > .seconds(2) {
+                if let probe, ContinuousClock.now - lastProbe >= .milliseconds(500) {
                     probe()
                     lastProbe = .now
                     continue

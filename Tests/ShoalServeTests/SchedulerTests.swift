@@ -173,6 +173,16 @@ final class EventLog: @unchecked Sendable {
         }
     }
 
+    /// The message of a `failed` event, if one arrived.
+    var failure: String? {
+        locked {
+            events.lazy.compactMap { event -> String? in
+                if case let .failed(message) = event { return message }
+                return nil
+            }.first
+        }
+    }
+
     /// The summary once finished, nil on failure or after `seconds`.
     func summary(within seconds: Double) -> GenerationSummary? {
         let deadline = Date(timeIntervalSinceNow: seconds)

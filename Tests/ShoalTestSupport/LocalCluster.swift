@@ -41,15 +41,32 @@ public final class LocalCluster: @unchecked Sendable {
                 response.output = Data(repeating: 0xFF, count: response.output.count)
                 return try RPCPayload(message: response)
             case .hangs(let switchedOn):
-                while switchedOn.isOn { usleep(1_000) }
+                // At most a minute, so that a failed test never wedges the process.
+                let end = ContinuousClock.now + .seconds(60)
+                while switchedOn.isOn, ContinuousClock.now < end { usleep(1_000) }
                 return answer
+            }
+        }
+        // A hung process answers nothing: hellos and health checks wait too.
+        let silence: @Sendable () async -> Void = {
+            guard case .hangs(let switchedOn) = fault else { return }
+            let end = ContinuousClock.now + .seconds(60)
+            // Until the caller gives up (its deadline cancels this handler's task).
+            while switchedOn.isOn, !Task.isCancelled, ContinuousClock.now < end {
+                try? await Task.sleep(for: .milliseconds(10))
             }
         }
         return try RPCServer.start(
             listen: "127.0.0.1:0",
             unary: [
-                ExpertServiceMethod.hello: { request, _ in try worker.hello(request) },
-                ExpertServiceMethod.health: { request, _ in try worker.health(request) },
+                ExpertServiceMethod.hello: { request, _ in
+                    await silence()
+                    return try worker.hello(request)
+                },
+                ExpertServiceMethod.health: { request, _ in
+                    await silence()
+                    return try worker.health(request)
+                },
             ],
             inline: [ExpertServiceMethod.compute: { request, _ in try compute(request) }],
             exchange: [ExpertServiceMethod.computeStream: { request, _ in try compute(request) }])
@@ -76,7 +93,8 @@ public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) asy
 public enum WorkerFault: Sendable {
     /// Answers Compute with NaN activations of the right size and dtype.
     case nanAnswers
-    /// Holds every Compute answer while the switch is on (a stopped or wedged process).
+    /// Holds every answer (Compute, hellos, health) while the switch is on (a stopped or
+    /// wedged process).
     case hangs(Switch)
 }
 

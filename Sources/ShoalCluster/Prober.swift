@@ -1,0 +1,93 @@
+import Foundation
+import ShoalProtocol
+import ShoalRPC
+import Synchronization
+
+/// Says hello to workers from a thread of its own, so that the forward pass never waits on a
+/// worker that might not answer: every `interval` to each worker marked down (a restarted one
+/// is found within about a second, also while the batch runs), and to every worker when asked
+/// (`checkAll`, an idle coordinator's liveness check: a hung one is found within the hello
+/// deadline). The answers wait in a mailbox that the forward pass's thread empties
+/// (`RemoteExperts.applyProbes`), which alone changes the placement.
+final class Prober: @unchecked Sendable {
+    struct Result {
+        let worker: Int
+        let answer: Swift.Result<RPCPayload, Error>
+        /// Whether the worker was thought live when probed (a failure then marks it down).
+        let wasLive: Bool
+    }
+
+    private struct State {
+        var down: Set<Int> = []
+        var checkAll = false
+        var mailbox: [Result] = []
+        var stopping = false
+    }
+
+    private let channels: [RPCChannel]
+    private let request: RPCPayload
+    private let deadline: Duration
+    private let interval: Duration
+    private let state = Mutex(State())
+    private let wake = NSCondition()
+    private let stopped = DispatchSemaphore(value: 0)
+
+    init(channels: [RPCChannel], hello request: RPCPayload, deadline: Duration, interval: Duration = .milliseconds(500)) {
+        self.channels = channels
+        self.request = request
+        self.deadline = deadline
+        self.interval = interval
+        let thread = Thread { [self] in run() }
+        thread.name = "shoal-prober"
+        thread.start()
+    }
+
+    /// The workers now marked down; they are probed until they answer.
+    func setDown(_ down: Set<Int>) { state.withLock { $0.down = down } }
+
+    /// Probe every worker at the next round.
+    func checkAll() {
+        state.withLock { $0.checkAll = true }
+        wake.lock(); wake.signal(); wake.unlock()
+    }
+
+    /// The answers gathered since the last call.
+    func takeResults() -> [Result] {
+        state.withLock { state in
+            defer { state.mailbox.removeAll() }
+            return state.mailbox
+        }
+    }
+
+    /// Ends the thread; returns once it has.
+    func stop() {
+        state.withLock { $0.stopping = true }
+        wake.lock(); wake.signal(); wake.unlock()
+        stopped.wait()
+    }
+
+    private func run() {
+        let fanout = Fanout()
+        while true {
+            let (targets, down, stopping) = state.withLock { state -> (Set<Int>, Set<Int>, Bool) in
+                let all = state.checkAll
+                state.checkAll = false
+                return (all ? Set(channels.indices) : state.down, state.down, state.stopping)
+            }
+            if stopping { break }
+            if !targets.isEmpty {
+                var requests: [RPCPayload?] = Array(repeating: nil, count: channels.count)
+                for w in targets { requests[w] = request }
+                let answers = fanout.call(channels, ExpertServiceMethod.hello, requests, timeout: deadline)
+                let results = targets.map { Result(worker: $0, answer: answers[$0]!.result, wasLive: !down.contains($0)) }
+                state.withLock { $0.mailbox += results }
+            }
+            wake.lock()
+            if state.withLock({ !$0.checkAll && !$0.stopping }) {
+                _ = wake.wait(until: Date(timeIntervalSinceNow: Double(interval / .milliseconds(1)) / 1000))
+            }
+            wake.unlock()
+        }
+        stopped.signal()
+    }
+}
