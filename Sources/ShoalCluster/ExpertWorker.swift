@@ -84,7 +84,8 @@ public final class ExpertWorker: Sendable {
             exchange: [ExpertServiceMethod.computeStream: { [self] request, _ in try compute(request) }])
     }
 
-    func hello(_ payload: RPCPayload) throws -> RPCPayload {
+    /// The Hello handler `startServer` registers (public so a server can be composed around it).
+    public func hello(_ payload: RPCPayload) throws -> RPCPayload {
         let request = try decode(Shoal_V1_HelloRequest.self, payload)
         do {
             try validate(request, expecting: HandshakeExpectation(fingerprint: configFingerprint, shape: shape))
@@ -105,7 +106,8 @@ public final class ExpertWorker: Sendable {
         return try RPCPayload(message: response)
     }
 
-    func compute(_ payload: RPCPayload) throws -> RPCPayload {
+    /// The Compute (and ComputeStream message) handler `startServer` registers.
+    public func compute(_ payload: RPCPayload) throws -> RPCPayload {
         let request = try decode(Shoal_V1_ComputeRequest.self, payload)
         let call: ValidatedCompute
         do {
@@ -138,7 +140,8 @@ public final class ExpertWorker: Sendable {
         return try RPCPayload(message: response)
     }
 
-    func health(_ payload: RPCPayload) throws -> RPCPayload {
+    /// The Health handler `startServer` registers.
+    public func health(_ payload: RPCPayload) throws -> RPCPayload {
         _ = try decode(Shoal_V1_HealthRequest.self, payload)
         var response = Shoal_V1_HealthResponse()
         response.status = .serving

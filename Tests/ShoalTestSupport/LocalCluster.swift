@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-@testable import ShoalCluster
+import ShoalCluster
 import ShoalModel
 import ShoalProtocol
 import ShoalRPC
