@@ -96,13 +96,14 @@ let package = Package(
         .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI", "ShoalTestSupport"]),
         .testTarget(
             name: "ShoalClusterTests",
-            dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor", "ShoalTestSupport",
-                           .product(name: "Logging", package: "swift-log")]
+            dependencies: ["ShoalCertificates", "ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor",
+                           "ShoalTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "ShoalHTTPTests", dependencies: ["ShoalHTTP", "ShoalTestSupport"]),
         .testTarget(
             name: "ShoalServeTests",
-            dependencies: ["ShoalServe", "ShoalCluster", "ShoalModel", "ShoalTokenizer", "ShoalHTTP", "ShoalTestSupport"]
+            dependencies: ["ShoalServe", "ShoalCertificates", "ShoalCluster", "ShoalModel", "ShoalTokenizer", "ShoalHTTP",
+                           "ShoalTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -4,11 +4,11 @@ struct Connection {
     let core: ServerCore
     let id: Int
     let fd: Int32
+    let peer: String
 
     func run() {
         defer { core.close(id) }
         var reader = SocketReader(fd: fd)
-        let peer = peerAddress(fd)
         while serveOne(&reader, peer: peer) {}
     }
 
@@ -41,7 +41,7 @@ struct Connection {
     /// The next request, its body read, and the responder for it.
     private func readRequest(_ reader: inout SocketReader, peer: String) throws(RequestFailure) -> (HTTPRequest, HTTPResponder) {
         let limits = core.limits
-        let bytes = try reader.readHead(maxBytes: limits.maxHeaderBytes, until: .now + limits.headerTimeout)
+        let bytes = try reader.readHead(maxBytes: limits.maxHeaderBytes, until: .now + core.headerTimeout)
         let head: RequestHead, framing: BodyFraming, expectsContinue: Bool
         do {
             head = try RequestHead.parse(bytes)

@@ -80,6 +80,13 @@ func hexValue(_ byte: UInt8) -> UInt8? {
 public struct HTTPLimits: Sendable {
     /// Open connections at most; one more is answered 503 and closed.
     public var maxConnections: Int
+    /// Open connections from one client address at most; one more from it is answered 503
+    /// and closed, so no client can take every connection.
+    public var maxConnectionsPerClient: Int
+    /// The header timeout while more than half of `maxConnections` are open: a connection that
+    /// has not sent a whole request head within it is closed, so connections held open
+    /// without requests (slowloris) cannot lock others out.
+    public var busyHeaderTimeout: Duration
     /// The request line and headers together (also: a chunked body's trailers); past it, 431.
     public var maxHeaderBytes: Int
     /// The body after de-chunking; past it, 413.
@@ -94,10 +101,13 @@ public struct HTTPLimits: Sendable {
     public var writeTimeout: Duration
 
     /// Limits; the defaults suit an LLM API (bodies are prompts).
-    public init(maxConnections: Int = 256, maxHeaderBytes: Int = 32 << 10, maxBodyBytes: Int = 4 << 20,
-                headerTimeout: Duration = .seconds(30), bodyTimeout: Duration = .seconds(30),
+    public init(maxConnections: Int = 1024, maxConnectionsPerClient: Int = 64, maxHeaderBytes: Int = 32 << 10,
+                maxBodyBytes: Int = 4 << 20, headerTimeout: Duration = .seconds(30),
+                busyHeaderTimeout: Duration = .seconds(2), bodyTimeout: Duration = .seconds(30),
                 writeTimeout: Duration = .seconds(60)) {
         self.maxConnections = maxConnections
+        self.maxConnectionsPerClient = maxConnectionsPerClient
+        self.busyHeaderTimeout = busyHeaderTimeout
         self.maxHeaderBytes = maxHeaderBytes
         self.maxBodyBytes = maxBodyBytes
         self.headerTimeout = headerTimeout

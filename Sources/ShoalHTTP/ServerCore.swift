@@ -20,8 +20,11 @@ final class ServerCore: @unchecked Sendable {
     private let wake: (read: Int32, write: Int32)
 
     private let condition = NSCondition()
-    /// Open connections: their socket, and whether a request is being handled on it.
-    private var connections: [Int: (fd: Int32, busy: Bool)] = [:]
+    /// Open connections: their socket, whether a request is being handled on it, and the
+    /// client's address.
+    private var connections: [Int: (fd: Int32, busy: Bool, peer: String)] = [:]
+    /// Open connections per client address.
+    private var perClient: [String: Int] = [:]
     private var nextID = 0
     private var stopping = false
     private var accepting = true
@@ -78,21 +81,36 @@ final class ServerCore: @unchecked Sendable {
         condition.broadcast()
     }
 
-    /// Registers `fd` and gives it a thread, or turns it away.
+    /// Registers `fd` and gives it a thread, or turns it away: when the server is full, or
+    /// this client holds its share of connections already.
     private func admit(_ fd: Int32) {
+        let peer = peerAddress(fd)
         let id: Int? = locked {
-            guard !stopping, connections.count < limits.maxConnections else { return nil }
+            guard !stopping, connections.count < limits.maxConnections,
+                  perClient[peer, default: 0] < limits.maxConnectionsPerClient else { return nil }
             nextID += 1
-            connections[nextID] = (fd, false)
+            connections[nextID] = (fd, false, peer)
+            perClient[peer, default: 0] += 1
             return nextID
         }
         guard let id else { return refuse(fd) }
-        Thread.detachNewThread { Connection(core: self, id: id, fd: fd).run() }
+        // Idle connections block in poll: a small stack keeps a thousand of them cheap.
+        let thread = Thread { Connection(core: self, id: id, fd: fd, peer: peer).run() }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    /// How long a connection may take to send its next request head: the short timeout
+    /// while more than half the connections are taken.
+    var headerTimeout: Duration {
+        locked { connections.count > limits.maxConnections / 2 } ? min(limits.busyHeaderTimeout, limits.headerTimeout)
+            : limits.headerTimeout
     }
 
     /// Answers 503 and closes, without blocking the accept thread on the client.
     private func refuse(_ fd: Int32) {
-        let message = locked { stopping } ? "the server is shutting down" : "the server has too many open connections; retry later"
+        let message = locked { stopping } ? "the server is shutting down"
+            : "the server has too many open connections (or this client its share of them); retry later"
         try? HTTPResponder(fd: fd, minorVersion: 1, keepAlive: false).respondError(RequestRejection(503, message))
         shutdown(fd, Int32(SHUT_WR))
         var scratch = [UInt8](repeating: 0, count: 4096)
@@ -120,7 +138,11 @@ final class ServerCore: @unchecked Sendable {
     /// Closes connection `id` and forgets it.
     func close(_ id: Int) {
         locked {
-            if let fd = connections.removeValue(forKey: id)?.fd { Glibc.close(fd) }
+            if let connection = connections.removeValue(forKey: id) {
+                Glibc.close(connection.fd)
+                perClient[connection.peer, default: 1] -= 1
+                if perClient[connection.peer] == 0 { perClient[connection.peer] = nil }
+            }
         }
         condition.broadcast()
     }

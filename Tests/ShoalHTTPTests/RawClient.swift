@@ -31,8 +31,9 @@ final class RawClient {
     let fd: Int32
     private var buffer: [UInt8] = []
 
-    init(port: Int, timeout: Duration = .seconds(5)) throws {
-        fd = try connectToLoopback(port: port, timeoutSeconds: Int(timeout.components.seconds))
+    /// - Parameter source: the loopback address to connect from (127.0.0.2, …): another client.
+    init(port: Int, timeout: Duration = .seconds(5), from source: String? = nil) throws {
+        fd = try connectToLoopback(port: port, timeoutSeconds: Int(timeout.components.seconds), from: source)
     }
 
     deinit { Glibc.close(fd) }

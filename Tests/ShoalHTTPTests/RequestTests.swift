@@ -166,6 +166,49 @@ struct RequestTests {
         }
     }
 
+    /// Slowloris: a thousand connections that never finish a request head. From one address
+    /// they get its share (64) and 503s; from sixteen addresses they fill most of the server,
+    /// whose header timeout then drops to two seconds. Real requests from another address are
+    /// answered throughout.
+    @Test(.timeLimit(.minutes(1))) func aThousandHalfOpenConnectionsDoNotLockOthersOut() throws {
+        try withServer(handler: echo) { server in
+            func realRequests() throws -> Bool {
+                try (0..<10).allSatisfy { _ in
+                    let client = try RawClient(port: server.port, from: "127.0.0.2")
+                    try client.send("GET /real HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    return try client.readResponse().status == 200
+                }
+            }
+            var oneClient: [RawClient] = []
+            var refused = 0
+            for _ in 0..<1000 {
+                let client = try RawClient(port: server.port)
+                try client.send("GET / HTTP/1.1\r\nHost: t\r\n")  // never finished
+                oneClient.append(client)
+            }
+            #expect(try realRequests())
+            // Admitted in order: the first 64 hold their places, every later one was refused.
+            let share = 64  // HTTPLimits' default per-client share
+            for client in oneClient[share...] where (try? client.readResponse().status) == 503 { refused += 1 }
+            #expect(refused == 1000 - share, "\(refused) of \(1000 - share) refused")
+            oneClient.removeAll()
+
+            var many: [RawClient] = []
+            for i in 0..<1000 {
+                let client = try RawClient(port: server.port, timeout: .seconds(10), from: "127.0.1.\(1 + i % 16)")
+                try client.send("GET / HTTP/1.1\r\nHost: t\r\n")
+                many.append(client)
+            }
+            let start = ContinuousClock.now
+            #expect(try realRequests())
+            // Those admitted while the server was over half full (the last 400 surely) get the
+            // short timeout: 408 within seconds.
+            let timedOut = many[600...].filter { (try? $0.readResponse().status) == 408 }.count
+            #expect(timedOut == 400, "\(timedOut) of 400 timed out")
+            #expect(ContinuousClock.now - start < .seconds(8))
+        }
+    }
+
     @Test func handlerThatDoesNotRespondGets500() throws {
         try withServer(handler: { _, _ in }) { server in
             let client = try RawClient(port: server.port)

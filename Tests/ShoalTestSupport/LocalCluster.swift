@@ -13,7 +13,8 @@ public final class LocalCluster: @unchecked Sendable {
 
     /// One worker per spec (`EXPERTS[@LAYERS]`), over the model in `folder`; `faults[i]`
     /// makes worker i misbehave as a broken or hostile one would.
-    public init(folder: String, specs: [String], faults: [Int: WorkerFault] = [:]) throws {
+    public init(folder: String, specs: [String], faults: [Int: WorkerFault] = [:],
+                security: RPCSecurity = .insecure) throws {
         var servers: [RPCServer] = []
         for (i, spec) in specs.enumerated() {
             let checkpoint = try Checkpoint(folder: folder)
@@ -23,7 +24,7 @@ public final class LocalCluster: @unchecked Sendable {
             if let fault = faults[i] {
                 servers.append(try Self.startFaulty(worker, fault))
             } else {
-                servers.append(try worker.startServer(listen: "127.0.0.1:0"))
+                servers.append(try worker.startServer(listen: "127.0.0.1:0", security: security))
             }
         }
         self.servers = servers
