@@ -85,7 +85,7 @@ let package = Package(
         // Test helpers shared by the test targets: the fixtures' location, in-process workers.
         .target(
             name: "ShoalTestSupport",
-            dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC",
+            dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor",
                            .product(name: "Logging", package: "swift-log")],
             path: "Tests/ShoalTestSupport"
         ),

@@ -9,7 +9,7 @@ public struct ShoalCommand: ParsableCommand {
         subcommands: [
             DemoCommand.self, ServeCommand.self, WorkerCommand.self, GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self,
             DetokenizeCommand.self, SynthCommand.self, QuantizeCommand.self, BenchCommand.self, KernelBenchCommand.self, LoadCommand.self, ChatCommand.self,
-            CertsCommand.self,
+            CertsCommand.self, ClusterCommand.self,
         ])
 
     public init() {}

@@ -34,17 +34,9 @@ public struct CertificateAuthority: Sendable {
 
     /// The authority kept in `folder`.
     public init(folder: String) throws(CertificateError) {
-        let certificatePEM = try readPEM(folder, Self.certificateFile)
-        let keyPEM = try readPEM(folder, Self.keyFile)
-        do {
-            certificate = try Certificate(pemEncoded: certificatePEM)
-            key = try Certificate.PrivateKey(pemEncoded: keyPEM)
-        } catch {
-            throw .unreadable(path: folder, reason: "\(error)")
-        }
-        guard key.publicKey == certificate.publicKey else {
-            throw .keyDoesNotMatch(path: "\(folder)/\(Self.keyFile)")
-        }
+        (certificate, key) = try certificateAndKey(
+            folder, certificatePEM: try readPEM(folder, Self.certificateFile), keyPEM: try readPEM(folder, Self.keyFile),
+            keyFile: Self.keyFile)
     }
 
     /// Writes `ca.pem` and `ca-key.pem` into `folder` (made if missing); refuses to replace an
@@ -105,17 +97,11 @@ public struct NodeIdentity: Sendable {
         authorityPEM = try readPEM(folder, CertificateAuthority.certificateFile)
         certificatePEM = try readPEM(folder, Self.certificateFile)
         keyPEM = try readPEM(folder, Self.keyFile)
-        let authority: Certificate, certificate: Certificate, key: Certificate.PrivateKey
-        do {
-            authority = try Certificate(pemEncoded: authorityPEM)
-            certificate = try Certificate(pemEncoded: certificatePEM)
-            key = try Certificate.PrivateKey(pemEncoded: keyPEM)
-        } catch {
-            throw .unreadable(path: folder, reason: "\(error)")
+        let authority: Certificate
+        do { authority = try Certificate(pemEncoded: authorityPEM) } catch {
+            throw .unreadable(path: "\(folder)/\(CertificateAuthority.certificateFile)", reason: "\(error)")
         }
-        guard key.publicKey == certificate.publicKey else {
-            throw .keyDoesNotMatch(path: "\(folder)/\(Self.keyFile)")
-        }
+        let (certificate, _) = try certificateAndKey(folder, certificatePEM: certificatePEM, keyPEM: keyPEM, keyFile: Self.keyFile)
         guard certificate.issuer == authority.subject,
               authority.publicKey.isValidSignature(certificate.signature, for: certificate) else {
             throw .notSignedByAuthority(path: "\(folder)/\(Self.certificateFile)")
@@ -187,6 +173,20 @@ private func pem(_ value: some PEMSerializable) throws(CertificateError) -> Stri
 
 private func pem(_ key: Certificate.PrivateKey) throws(CertificateError) -> String {
     do { return try key.serializeAsPEM().pemString } catch { throw .unreadable(path: "", reason: "\(error)") }
+}
+
+/// A certificate and its private key from PEM text, checked to belong together.
+private func certificateAndKey(_ folder: String, certificatePEM: String, keyPEM: String,
+                               keyFile: String) throws(CertificateError) -> (Certificate, Certificate.PrivateKey) {
+    let certificate: Certificate, key: Certificate.PrivateKey
+    do {
+        certificate = try Certificate(pemEncoded: certificatePEM)
+        key = try Certificate.PrivateKey(pemEncoded: keyPEM)
+    } catch {
+        throw .unreadable(path: folder, reason: "\(error)")
+    }
+    guard key.publicKey == certificate.publicKey else { throw .keyDoesNotMatch(path: "\(folder)/\(keyFile)") }
+    return (certificate, key)
 }
 
 private func readPEM(_ folder: String, _ file: String) throws(CertificateError) -> String {

@@ -235,6 +235,19 @@ public final class Checkpoint: @unchecked Sendable {
         }
     }
 
+    /// Bytes of one (layer, expert)'s three matrices as stored (a quantized one at its block
+    /// size; one quantized at load, at the size it will have), without reading them.
+    public func expertBytes(layer: Int, expert: Int) throws -> Int {
+        try ["w1", "w2", "w3"].reduce(0) { total, w in
+            let name = TensorName.expert(layer, expert, w)
+            let tensor = try stored(name)
+            guard let quantize = quantization, let dtype = tensor.dtype, !dtype.isQuantized, tensor.shape.count == 2 else {
+                return total + tensor.bytes.count
+            }
+            return total + tensor.shape[0] * quantize.type(for: name, layers: config.layers).rowBytes(tensor.shape[1])
+        }
+    }
+
     /// A tensor as stored, without reading its data.
     func stored(_ tensor: TensorName) throws -> StoredTensor {
         if let gguf { return try GGUFNames.stored(tensor, in: gguf) }

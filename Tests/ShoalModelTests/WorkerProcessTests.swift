@@ -261,3 +261,29 @@ import Testing
         #expect(missing.status == 1 && missing.stderr.contains("/nonexistent/ca.pem: no such file"), "\(missing.stderr)")
     }
 }
+
+/// `shoal cluster plan` on a fixture: every pair placed with room to spare (replicas), and a
+/// cluster too small says what is unplaced and exits 2.
+@Suite struct ClusterPlanTests {
+    @Test func planPlacesEveryPairOrSaysWhatIsMissing() throws {
+        let model = try Fixtures.path("models/tiny-f32/hf")
+        let file = NSTemporaryDirectory() + "shoal-workers-\(UUID().uuidString).json"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        try #"[{"name": "a", "memory": "1MiB"}, {"name": "b", "memory": "1MiB", "speed": 2}]"#
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let run = try CLITests().shoal(["cluster", "plan", "--model", model, "--workers", file, "--json"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let plan = try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any] ?? [:]
+        let holders = plan["holders"] as? [[[String]]] ?? []
+        #expect(holders.count == 2 && holders.allSatisfy { $0.count == 8 && $0.allSatisfy { !$0.isEmpty } }, "\(run.stdout)")
+        #expect((plan["replicated_pairs"] as? Int ?? 0) > 0 && (plan["missing_bytes"] as? Int) == 0, "\(run.stdout)")
+
+        try #"[{"name": "small", "memory": "200KiB"}]"#.write(toFile: file, atomically: true, encoding: .utf8)
+        let small = try CLITests().shoal(["cluster", "plan", "--model", model, "--workers", file])
+        #expect(small.status == 2 && small.stdout.contains("unplaced: ") && small.stdout.contains("more are needed"),
+                "\(small.stdout) \(small.stderr)")
+        try #"[{"name": "x", "memory": "lots"}]"#.write(toFile: file, atomically: true, encoding: .utf8)
+        let bad = try CLITests().shoal(["cluster", "plan", "--model", model, "--workers", file])
+        #expect(bad.status != 0 && bad.stderr.contains("\"memory\" must be bytes"), "\(bad.stderr)")
+    }
+}

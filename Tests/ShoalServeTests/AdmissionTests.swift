@@ -69,41 +69,35 @@ import Testing
         scheduler.shutdown(grace: .zero)
     }
 
-    /// R1 holds most of the cache; R2 does not fit beside it, R3 does: R3 runs at once.
-    @Test func aSmallRequestPassesOneThatDoesNotFitYet() async throws {
+    /// R1 (client a) takes 150 of a 200-token cache; then R2 (b, 100 tokens: does not fit
+    /// beside it) and R3 (c, 30: fits) arrive. Returns once R2 and R3 have ended.
+    static func largeThenTwo(headOfLineWait: Duration) async throws -> Timeline {
         var options = Scheduler.Options()
         options.kvCacheTokens = 200
         options.maxRequestTokens = 200
         options.clientShare = 1
-        let timeline = try await Self.withScheduler(options) { scheduler in
+        options.headOfLineWait = headOfLineWait
+        return try await withScheduler(options) { scheduler in
             let timeline = Timeline()
-            _ = try scheduler.submit(Self.request("a", reserve: 150), onEvent: timeline.handler("R1"))
+            _ = try scheduler.submit(request("a", reserve: 150), onEvent: timeline.handler("R1"))
             #expect(timeline.wait(for: "first:R1"))
-            _ = try scheduler.submit(Self.request("b", reserve: 100), onEvent: timeline.handler("R2"))
-            _ = try scheduler.submit(Self.request("c", reserve: 30), onEvent: timeline.handler("R3"))
-            #expect(timeline.wait(for: "end:R2"))
+            _ = try scheduler.submit(request("b", reserve: 100), onEvent: timeline.handler("R2"))
+            _ = try scheduler.submit(request("c", reserve: 30), onEvent: timeline.handler("R3"))
+            #expect(timeline.wait(for: "end:R2") && timeline.wait(for: "end:R3"))
             return timeline
         }
+    }
+
+    /// R3 fits beside R1 and runs at once, passing R2.
+    @Test func aSmallRequestPassesOneThatDoesNotFitYet() async throws {
+        let timeline = try await Self.largeThenTwo(headOfLineWait: .seconds(5))
         #expect(timeline.index("end:R3") < timeline.index("end:R1"), "\(timeline.all)")
         #expect(timeline.index("first:R2") > timeline.index("end:R1"), "\(timeline.all)")
     }
 
     /// The same with no patience left: the waiting large request is not passed.
     @Test func anOverdueRequestIsNotPassed() async throws {
-        var options = Scheduler.Options()
-        options.kvCacheTokens = 200
-        options.maxRequestTokens = 200
-        options.clientShare = 1
-        options.headOfLineWait = .zero
-        let timeline = try await Self.withScheduler(options) { scheduler in
-            let timeline = Timeline()
-            _ = try scheduler.submit(Self.request("a", reserve: 150), onEvent: timeline.handler("R1"))
-            #expect(timeline.wait(for: "first:R1"))
-            _ = try scheduler.submit(Self.request("b", reserve: 100), onEvent: timeline.handler("R2"))
-            _ = try scheduler.submit(Self.request("c", reserve: 30), onEvent: timeline.handler("R3"))
-            #expect(timeline.wait(for: "end:R3"))
-            return timeline
-        }
+        let timeline = try await Self.largeThenTwo(headOfLineWait: .zero)
         #expect(timeline.index("first:R3") > timeline.index("end:R1"), "\(timeline.all)")
         #expect(timeline.index("first:R2") < timeline.index("first:R3"), "\(timeline.all)")
     }

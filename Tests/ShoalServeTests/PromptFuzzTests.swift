@@ -48,15 +48,7 @@ import Testing
             var rng = SplitMix64(seed: 21)
             var codes: [String: Int] = [:]
             for _ in 0..<300 {
-                var bytes = valid
-                for _ in 0...(rng.next() % 4) {
-                    let at = Int(rng.next() % UInt64(max(1, bytes.count)))
-                    switch rng.next() % 3 {
-                    case 0 where !bytes.isEmpty: bytes[at] = UInt8(truncatingIfNeeded: rng.next())
-                    case 1 where !bytes.isEmpty: bytes.removeSubrange(at..<min(bytes.count, at + 1 + Int(rng.next() % 8)))
-                    default: bytes.insert(contentsOf: (0..<(1 + rng.next() % 6)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }, at: at)
-                    }
-                }
+                let bytes = mutated(valid, &rng)
                 codes[await outcome(bytes), default: 0] += 1
             }
             #expect(Set(codes.keys).isSubset(of: ["ok", "\(RPCStatusCode.invalidArgument)"]), "\(codes)")

@@ -1,3 +1,4 @@
+import ShoalTensor
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -40,4 +41,19 @@ public func connectToLoopback(port: Int, timeoutSeconds seconds: Int = 5, from s
 /// Why a loopback connection failed.
 public struct LoopbackError: Error, CustomStringConvertible {
     public let description: String
+}
+
+/// `bytes` with 1 to 4 random edits (a byte changed, a run cut, random bytes inserted): the
+/// mutations the decoder fuzz tests send.
+public func mutated(_ bytes: [UInt8], _ rng: inout SplitMix64) -> [UInt8] {
+    var bytes = bytes
+    for _ in 0...(rng.next() % 4) {
+        let at = Int(rng.next() % UInt64(max(1, bytes.count)))
+        switch rng.next() % 3 {
+        case 0 where !bytes.isEmpty: bytes[at] = UInt8(truncatingIfNeeded: rng.next())
+        case 1 where !bytes.isEmpty: bytes.removeSubrange(at..<min(bytes.count, at + 1 + Int(rng.next() % 8)))
+        default: bytes.insert(contentsOf: (0..<(1 + rng.next() % 6)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }, at: at)
+        }
+    }
+    return bytes
 }
