@@ -185,7 +185,7 @@ struct DemoCommand: ParsableCommand {
         say("writing a random-weight mini model to \(cache) (1.5 GB, once)")
         let partial = cache + ".partial-\(getpid())"
         try? FileManager.default.removeItem(atPath: partial)
-        try Synth.write(Synth.preset("mini")!, to: partial)
+        try writeSynth(Synth.preset("mini")!, to: partial)
         try? FileManager.default.removeItem(atPath: cache)
         try FileManager.default.moveItem(atPath: partial, toPath: cache)
         return cache

@@ -49,8 +49,22 @@ struct SynthCommand: ParsableCommand {
             guard let type = ["bf16": DType.bf16, "f32": .f32][dtype] else {
                 throw UsageError.conflicting("--dtype takes bf16 or f32")
             }
-            try Synth.write(config, to: out, dtype: type, seed: seed, maxShardBytes: maxShardMib << 20)
+            try writeSynth(config, to: out, dtype: type, seed: seed, maxShardBytes: maxShardMib << 20)
             print("wrote \(out): \(config.layers) layers, dim \(config.dim), \(config.experts) experts, vocab \(config.vocabSize), \(dtype)")
         }
     }
+}
+
+/// `Synth.write` with a progress bar on stderr, one step per layer.
+func writeSynth(_ config: ModelConfig, to folder: String, dtype: DType = .bf16, seed: UInt64 = 0,
+                maxShardBytes: Int = 1 << 30) throws {
+    var bar: ProgressBar?
+    try Synth.write(config, to: folder, dtype: dtype, seed: seed, maxShardBytes: maxShardBytes) { done, total, tensor in
+        if bar == nil { bar = ProgressBar("synth", totalBytes: total) }
+        // "model.layers.3.mlp…" → "layer 3"; the embedding and the head by name.
+        let parts = tensor.split(separator: ".")
+        let label = parts.count > 2 && parts[1] == "layers" ? "layer \(parts[2])" : tensor
+        bar?.update(done, label: label)
+    }
+    bar?.finish()
 }

@@ -23,8 +23,10 @@ public enum Synth {
     /// Writes `config` as a checkpoint folder at `folder`: `config.json`, `model.safetensors`
     /// (or shards of at most `maxShardBytes` plus an index), `tokenizer.model`.
     /// Weights are uniform with the variance of N(0, gain²/fan_in); norms are 1 ± 0.1.
+    /// `progress` gets the bytes written so far, the total, and the tensor just written.
     public static func write(_ config: ModelConfig, to folder: String, dtype: DType = .bf16, seed: UInt64 = 0,
-                             maxShardBytes: Int = 1 << 30) throws {
+                             maxShardBytes: Int = 1 << 30,
+                             progress: (_ done: Int, _ total: Int, _ tensor: String) -> Void = { _, _, _ in }) throws {
         try config.validate(source: "synth")
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let specs = tensorSpecs(config)
@@ -40,6 +42,8 @@ public enum Synth {
             shardBytes += bytes
         }
         var weightMap: [String: String] = [:]
+        let totalBytes = specs.reduce(0) { $0 + $1.count * type.size }
+        var written = 0
         for (i, shard) in shards.enumerated() {
             let name = shards.count == 1 ? "model.safetensors"
                 : String(format: "model-%05d-of-%05d.safetensors", i + 1, shards.count)
@@ -49,6 +53,8 @@ public enum Synth {
             for spec in shard {
                 try writeRandom(spec, type: type, seed: seed, to: writer)
                 weightMap[spec.name] = name
+                written += spec.count * type.size
+                progress(written, totalBytes, spec.name)
             }
             try writer.finish()
         }

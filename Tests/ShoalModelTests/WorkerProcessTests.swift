@@ -287,3 +287,16 @@ import Testing
         #expect(bad.status != 0 && bad.stderr.contains("\"memory\" must be bytes"), "\(bad.stderr)")
     }
 }
+
+/// `shoal synth` shows its progress: off a terminal, a line per layer and a last one at 100%.
+@Suite struct SynthProgressTests {
+    @Test func synthPrintsALinePerLayerAndTheEnd() throws {
+        let out = NSTemporaryDirectory() + "shoal-synth-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let run = try CLITests().shoal(["synth", "--out", out, "--shape", "tiny", "--layers", "3"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let lines = run.stderr.split(separator: "\n").filter { $0.hasPrefix("synth: ") }
+        for layer in 0..<3 { #expect(lines.contains { $0.hasSuffix("layer \(layer)") }, "\(run.stderr)") }
+        #expect(lines.last?.hasPrefix("synth: 100% ") == true, "\(run.stderr)")
+    }
+}
