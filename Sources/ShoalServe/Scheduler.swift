@@ -232,6 +232,11 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
     /// clients (the type's comment gives the policy).
     private func admit() {
         let admitted: [ScheduledSequence] = shared.withLock { state in
+            // Most steps admit nothing: no per-client tallies then (this runs every step).
+            guard !state.waiting.isEmpty, running.count < options.maxBatch else {
+                state.running = running.count
+                return []
+            }
             var taken: [ScheduledSequence] = []
             var reserved = reservedTokens
             var places: [String: Int] = [:], tokens: [String: Int] = [:]
