@@ -162,6 +162,12 @@ import Testing
             (["bench-kernels", "--tokens", ""], "'' is not a list of positive integers"),
             (["bench", "--model", model, "--workers", "2", "--worker-threads", "0"], "--worker-threads must be at least 1"),
             (["bench", "--model", model, "--workers", "2", "--wire-dtype", "f16"], "--wire-dtype"),
+            (["serve", "--model", model, "--max-request-tokens", "1"], "--max-request-tokens must be at least 2"),
+            (["serve", "--model", model, "--client-share", "0"], "--client-share must be in (0, 1]"),
+            (["serve", "--model", model, "--tls-cert", "/nonexistent.pem"], "--tls-cert and --tls-key go together"),
+            (["serve", "--model", model, "--api-key-file", "/nonexistent/keys"], "/nonexistent/keys: cannot read it"),
+            (["serve", "--model", model, "--metrics", "0.0.0.0:0", "--http", "off", "--grpc", "off"], "keep it on loopback"),
+            (["cluster", "plan", "--model", model, "--workers", "/nonexistent.json"], "/nonexistent.json: cannot read it"),
         ]
         for (arguments, message) in cases {
             let run = try CLITests().shoal(arguments)
