@@ -109,21 +109,11 @@ public func validate(
     guard response.hasShape else { throw .incompatibleWorker(.missingShape) }
     let shape = ModelShape(response.shape)
     guard shape == expected.shape else { throw .incompatibleWorker(.shape(expected: expected.shape, actual: shape)) }
-    guard response.layers.count == response.experts.count else {
-        throw .incompatibleWorker(.pairArrayLengths(layers: response.layers.count, experts: response.experts.count))
-    }
-    var pairs: [HeldPair] = []
-    var seen = Set<HeldPair>()
-    pairs.reserveCapacity(min(response.layers.count, shape.layers * shape.experts))
-    for i in response.layers.indices {
-        let pair = HeldPair(layer: Int(response.layers[i]), expert: Int(response.experts[i]))
-        guard pair.layer < shape.layers, pair.expert < shape.experts else {
-            throw .incompatibleWorker(.pairOutOfRange(index: i, layer: pair.layer, expert: pair.expert))
-        }
-        guard seen.insert(pair).inserted else {
-            throw .incompatibleWorker(.duplicatePair(index: i, layer: pair.layer, expert: pair.expert))
-        }
-        pairs.append(pair)
+    let pairs: [HeldPair]
+    do {
+        pairs = try validatePairs(layers: response.layers, experts: response.experts, shape: shape)
+    } catch {
+        throw .incompatibleWorker(error)
     }
     let fingerprint = fingerprintOf(pairs)
     guard response.modelFingerprint == fingerprint else {
@@ -147,4 +137,29 @@ public func validate(_ request: Shoal_V1_HelloRequest, expecting expected: Hands
         throw .incompatibleCoordinator(.fingerprint(
             expected: expected.fingerprint, actual: Incompatibility.printable(request.modelFingerprint)))
     }
+}
+
+/// Checks a list of (layer, expert) pairs sent as parallel arrays (HelloResponse, AssignRequest,
+/// JoinRequest): equal lengths, every pair in range of `shape`, none twice.
+///
+/// - Returns: the pairs in the order sent.
+/// - Throws: the `Incompatibility` naming the first bad entry.
+public func validatePairs(layers: [UInt32], experts: [UInt32], shape: ModelShape) throws(Incompatibility) -> [HeldPair] {
+    guard layers.count == experts.count else {
+        throw .pairArrayLengths(layers: layers.count, experts: experts.count)
+    }
+    var pairs: [HeldPair] = []
+    var seen = Set<HeldPair>()
+    pairs.reserveCapacity(min(layers.count, shape.layers * shape.experts))
+    for i in layers.indices {
+        let pair = HeldPair(layer: Int(layers[i]), expert: Int(experts[i]))
+        guard pair.layer < shape.layers, pair.expert < shape.experts else {
+            throw .pairOutOfRange(index: i, layer: pair.layer, expert: pair.expert)
+        }
+        guard seen.insert(pair).inserted else {
+            throw .duplicatePair(index: i, layer: pair.layer, expert: pair.expert)
+        }
+        pairs.append(pair)
+    }
+    return pairs
 }

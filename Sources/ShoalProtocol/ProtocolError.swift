@@ -96,7 +96,7 @@ public enum ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
 }
 
 /// How the two ends of a handshake disagree.
-public enum Incompatibility: Equatable, Sendable, CustomStringConvertible {
+public enum Incompatibility: Error, Equatable, Sendable, CustomStringConvertible {
     /// `protocol_version` differs.
     case protocolVersion(expected: UInt32, actual: UInt32)
     /// `model_fingerprint` differs: the two ends run different models or weights.
@@ -134,7 +134,7 @@ public enum Incompatibility: Equatable, Sendable, CustomStringConvertible {
 
     /// At most 80 characters of a network string, with anything outside printable ASCII
     /// replaced, so a hostile peer cannot flood or forge log lines through an error message.
-    static func printable(_ s: String) -> String {
+    public static func printable(_ s: String) -> String {
         let kept = s.unicodeScalars.prefix(80).map { $0.value >= 0x20 && $0.value < 0x7F ? Character($0) : "?" }
         return String(kept) + (s.unicodeScalars.count > 80 ? "…" : "")
     }

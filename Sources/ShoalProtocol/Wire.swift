@@ -24,8 +24,19 @@ public enum ExpertServiceMethod {
     public static let computeStream = "/shoal.v1.ExpertService/ComputeStream"
     /// `Health(HealthRequest) returns (HealthResponse)`: liveness and counters.
     public static let health = "/shoal.v1.ExpertService/Health"
+    /// `Assign(AssignRequest) returns (HelloResponse)`: the pairs a joined worker holds.
+    public static let assign = "/shoal.v1.ExpertService/Assign"
     /// Every method path, for a server that registers them all.
-    public static let all = [hello, compute, computeStream, health]
+    public static let all = [hello, compute, computeStream, health, assign]
+}
+
+/// The gRPC method paths of `shoal.v1.ClusterService` (Protos/shoal/v1/cluster.proto): how
+/// workers join a coordinator and leave it, and how an operator sees the cluster.
+public enum ClusterServiceMethod {
+    public static let join = "/shoal.v1.ClusterService/Join"
+    public static let heartbeat = "/shoal.v1.ClusterService/Heartbeat"
+    public static let drain = "/shoal.v1.ClusterService/Drain"
+    public static let status = "/shoal.v1.ClusterService/Status"
 }
 
 /// An activation dtype that may cross the wire: the valid subset of `Shoal_V1_DType`.

@@ -159,6 +159,40 @@ public nonisolated struct Shoal_V1_HelloResponse: Sendable {
   fileprivate var _shape: Shoal_V1_ModelShape? = nil
 }
 
+public nonisolated struct Shoal_V1_AssignRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The coordinator's version and model, checked as a Hello's.
+  public var hello: Shoal_V1_HelloRequest {
+    get {_hello ?? Shoal_V1_HelloRequest()}
+    set {_hello = newValue}
+  }
+  /// Returns true if `hello` has been explicitly set.
+  public var hasHello: Bool {self._hello != nil}
+  /// Clears the value of `hello`. Subsequent reads from it will return its default value.
+  public mutating func clearHello() {self._hello = nil}
+
+  /// The (layer, expert) pairs to hold, as parallel arrays of equal length, without repeats;
+  /// at most the memory the worker offered.
+  public var layers: [UInt32] = []
+
+  public var experts: [UInt32] = []
+
+  /// Pairs to keep serving until the coordinator's routes have switched away from them (a
+  /// later Assign without them lets them go): they do not count against the memory offered.
+  public var leavingLayers: [UInt32] = []
+
+  public var leavingExperts: [UInt32] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _hello: Shoal_V1_HelloRequest? = nil
+}
+
 public nonisolated struct Shoal_V1_ComputeRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -430,6 +464,60 @@ nonisolated extension Shoal_V1_HelloResponse: SwiftProtobuf.Message, SwiftProtob
     if lhs.weightBytes != rhs.weightBytes {return false}
     if lhs.memoryBytes != rhs.memoryBytes {return false}
     if lhs.workerName != rhs.workerName {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Shoal_V1_AssignRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AssignRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}layers\0\u{1}experts\0\u{3}leaving_layers\0\u{3}leaving_experts\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._hello) }()
+      case 2: try { try decoder.decodeRepeatedUInt32Field(value: &self.layers) }()
+      case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.experts) }()
+      case 4: try { try decoder.decodeRepeatedUInt32Field(value: &self.leavingLayers) }()
+      case 5: try { try decoder.decodeRepeatedUInt32Field(value: &self.leavingExperts) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._hello {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.layers.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.layers, fieldNumber: 2)
+    }
+    if !self.experts.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.experts, fieldNumber: 3)
+    }
+    if !self.leavingLayers.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.leavingLayers, fieldNumber: 4)
+    }
+    if !self.leavingExperts.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.leavingExperts, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Shoal_V1_AssignRequest, rhs: Shoal_V1_AssignRequest) -> Bool {
+    if lhs._hello != rhs._hello {return false}
+    if lhs.layers != rhs.layers {return false}
+    if lhs.experts != rhs.experts {return false}
+    if lhs.leavingLayers != rhs.leavingLayers {return false}
+    if lhs.leavingExperts != rhs.leavingExperts {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
