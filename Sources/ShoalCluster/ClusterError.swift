@@ -25,6 +25,9 @@ public enum ClusterError: Error, CustomStringConvertible, Sendable {
     case computeFailed(worker: String, layer: Int, experts: [Int], status: RPCStatus)
     /// A Compute answer did not match its request.
     case badResponse(worker: String, layer: Int, experts: [Int], detail: String)
+    /// A joined worker's hello lists fewer pairs than it was assigned (it restarted): it is
+    /// not used until it holds them again.
+    case holdsLess(worker: String, missing: Int)
 
     public var description: String {
         switch self {
@@ -51,6 +54,8 @@ public enum ClusterError: Error, CustomStringConvertible, Sendable {
             return "worker \(worker) failed layer \(layer) experts \(Self.list(experts)): \(status)"
         case let .badResponse(worker, layer, experts, detail):
             return "worker \(worker) answered layer \(layer) experts \(Self.list(experts)) wrongly: \(detail)"
+        case let .holdsLess(worker, missing):
+            return "worker \(worker) no longer holds \(missing) of the pairs it was assigned (did it restart?)"
         }
     }
 

@@ -12,6 +12,9 @@ import ShoalModel
 ///    the gap: a worker that joins takes its share, and no more than that moves.
 /// 2. Spare memory becomes replicas on distinct workers: round after round, the hottest pairs
 ///    (measured tokens, when given) get one more holder each, up to `replicas` extra holders.
+///    A worker that holds the pair now keeps it while it stays within its share of everything
+///    to be held (in proportion to speed); otherwise the pair goes to the least loaded worker,
+///    so replicas spread over the workers as the primaries do.
 /// 3. A pair no worker can hold is listed, with the memory missing for all of them.
 public struct PlacementPlanner: Sendable {
     /// One worker as the planner sees it.
@@ -117,8 +120,12 @@ public struct PlacementPlanner: Sendable {
             }
         }
 
-        // 2. Replicas, hottest first, one more holder per pair per round; a current replica
-        // holder is preferred when it still has room.
+        // 2. Replicas, hottest first, one more holder per pair per round; a current holder is
+        // preferred while within its share.
+        let placedBytes = pairs.reduce(0) { $0 + (holders[$1.layer][$1.expert].isEmpty ? 0 : bytes($1)) }
+        let toHold = Double(min(workers.reduce(0) { $0 + $1.memoryBytes }, placedBytes * (1 + max(0, replicas))))
+        let totalSpeed = workers.reduce(0.0) { $0 + max($1.speed, 1e-9) }
+        func share(_ w: Int) -> Double { toHold * max(workers[w].speed, 1e-9) / totalSpeed }
         let byHeat = pairs.filter { !holders[$0.layer][$0.expert].isEmpty }.enumerated()
             .sorted { a, b in
                 let ha = heat?[a.element.layer][a.element.expert] ?? 0, hb = heat?[b.element.layer][b.element.expert] ?? 0
@@ -127,8 +134,9 @@ public struct PlacementPlanner: Sendable {
         for _ in 0..<max(0, replicas) {
             var added = false
             for p in byHeat {
-                let kept = current?[p.layer][p.expert].first {
-                    workers.indices.contains($0) && !holders[p.layer][p.expert].contains($0) && fits($0, p)
+                let kept = current?[p.layer][p.expert].first { w in
+                    workers.indices.contains(w) && !holders[p.layer][p.expert].contains(w) && fits(w, p)
+                        && Double(used[w] + bytes(p)) <= share(w)
                 }
                 if let w = kept ?? best(for: p) {
                     assign(w, p)

@@ -19,21 +19,23 @@ final class Prober: @unchecked Sendable {
 
     private struct State {
         var down: Set<Int> = []
+        /// Workers routed nothing (drained or gone): not probed.
+        var retired: Set<Int> = []
         var checkAll = false
         var mailbox: [Result] = []
         var stopping = false
+        var channels: [RPCChannel]
     }
 
-    private let channels: [RPCChannel]
     private let request: RPCPayload
     private let deadline: Duration
     private let interval: Duration
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     private let wake = NSCondition()
     private let stopped = DispatchSemaphore(value: 0)
 
     init(channels: [RPCChannel], hello request: RPCPayload, deadline: Duration, interval: Duration = .milliseconds(500)) {
-        self.channels = channels
+        state = Mutex(State(channels: channels))
         self.request = request
         self.deadline = deadline
         self.interval = interval
@@ -42,8 +44,17 @@ final class Prober: @unchecked Sendable {
         thread.start()
     }
 
-    /// The workers now marked down; they are probed until they answer.
-    func setDown(_ down: Set<Int>) { state.withLock { $0.down = down } }
+    /// A worker that joined: probed under the next index.
+    func add(_ channel: RPCChannel) { state.withLock { $0.channels.append(channel) } }
+
+    /// The workers now marked down, probed until they answer, and those routed nothing, not
+    /// probed at all.
+    func setDown(_ down: Set<Int>, retired: Set<Int> = []) {
+        state.withLock {
+            $0.down = down.subtracting(retired)
+            $0.retired = retired
+        }
+    }
 
     /// Probe every worker at the next round.
     func checkAll() {
@@ -69,10 +80,11 @@ final class Prober: @unchecked Sendable {
     private func run() {
         let fanout = Fanout()
         while true {
-            let (targets, down, stopping) = state.withLock { state -> (Set<Int>, Set<Int>, Bool) in
+            let (targets, down, stopping, channels) = state.withLock { state -> (Set<Int>, Set<Int>, Bool, [RPCChannel]) in
                 let all = state.checkAll
                 state.checkAll = false
-                return (all ? Set(channels.indices) : state.down, state.down, state.stopping)
+                let everyone = Set(state.channels.indices).subtracting(state.retired)
+                return (all ? everyone : state.down.filter { $0 < state.channels.count }, state.down, state.stopping, state.channels)
             }
             if stopping { break }
             if !targets.isEmpty {

@@ -65,6 +65,15 @@ public final class RemoteExperts: ExpertBackend {
         fileprivate var lastProbe: ContinuousClock.Instant?
         /// Until when a worker that sent a bad answer stays down whatever its hellos say.
         fileprivate var quarantinedUntil: ContinuousClock.Instant?
+        /// For a worker placed by the coordinator (`stage`): the pairs routed to it, which it
+        /// must hold; nil for a worker with fixed experts, routed all it holds.
+        public fileprivate(set) var routed: [ExpertKey]?
+        /// Compute calls answered or failed, and their total time.
+        public fileprivate(set) var calls = 0
+        public fileprivate(set) var failures = 0
+        public fileprivate(set) var callSeconds = 0.0
+        /// The pairs calls are routed to it.
+        public var serving: [ExpertKey] { routed ?? pairs }
         fileprivate var isQuarantined: Bool { quarantinedUntil.map { ContinuousClock.now < $0 } ?? false }
     }
 
@@ -73,7 +82,7 @@ public final class RemoteExperts: ExpertBackend {
     /// Called on the forward pass's thread for every worker's answer to a Compute: worker
     /// address, time to its answer, whether it failed, request and answer bytes (metrics).
     public var callObserver: ((_ worker: String, _ elapsed: Duration, _ failed: Bool, _ sent: Int, _ received: Int) -> Void)?
-    private let channels: [RPCChannel]
+    private var channels: [RPCChannel]
     /// Each worker's ComputeStream; nil until first used.
     private var streams: [RPCExchange?]
     /// Whether that stream has answered a request yet.
@@ -97,7 +106,10 @@ public final class RemoteExperts: ExpertBackend {
     private var plans: [Plan]
     private var slotWorker: [Int] = []
     private var slotRow: [Int] = []
-    private let partials: [FloatBuffer]  // (tokens, dim) one worker's answer, decoded
+    private var partials: [FloatBuffer]  // (tokens, dim) one worker's answer, decoded
+    /// A placement handed over by `stage`, applied between two forward passes.
+    private let staged = Mutex<[(placement: [String: [ExpertKey]], applied: @Sendable () -> Void)]>([])
+    private var lastPublished = ContinuousClock.now
 
     /// What one worker is sent for one layer.
     private struct Plan {
@@ -199,7 +211,72 @@ public final class RemoteExperts: ExpertBackend {
 
     private func publishCoverage() {
         coverage.set(missingPairs().isEmpty)
-        prober?.setDown(Set(workers.indices.filter { !workers[$0].alive }))
+        prober?.setDown(Set(workers.indices.filter { !workers[$0].alive }),
+                        retired: Set(workers.indices.filter { workers[$0].routed == [] }))
+        publishWorkers()
+    }
+
+    private func publishWorkers() {
+        lastPublished = .now
+        view.publish(workers)
+    }
+
+    /// The workers as of the last change or half second, for status pages on other threads.
+    public let view = View()
+
+    /// A copy of the workers safe to read from any thread.
+    public final class View: Sendable {
+        private let copy = Mutex<[Worker]>([])
+        public var workers: [Worker] { copy.withLock { $0 } }
+        fileprivate func publish(_ workers: [Worker]) { copy.withLock { $0 = workers } }
+    }
+
+    // MARK: - Placement by the coordinator
+
+    /// Routes calls by `placement` (worker address → the pairs it serves) from the next forward
+    /// pass on. A worker not seen before is added, holding its pairs already (the caller
+    /// assigned them); one absent from `placement` is routed nothing. `applied` runs on the
+    /// forward pass's thread once no call can use the old routes, so the caller may then let
+    /// the pairs they used go. Safe from any thread; an idle coordinator applies it at its next
+    /// `probe()`.
+    public func stage(_ placement: [String: [ExpertKey]], applied: @escaping @Sendable () -> Void) {
+        staged.withLock { $0.append((placement, applied)) }
+    }
+
+    private func applyStaged() {
+        let pending = staged.withLock { staged in
+            defer { staged.removeAll() }
+            return staged
+        }
+        for (placement, applied) in pending {
+            apply(placement)
+            applied()
+        }
+    }
+
+    private func apply(_ placement: [String: [ExpertKey]]) {
+        for address in placement.keys.sorted() where !workers.contains(where: { $0.address == address }) {
+            workers.append(Worker(address: address))
+            let channel = RPCChannel(target: address, security: options.security, maxReceiveBytes: 1 << 30)
+            channels.append(channel)
+            streams.append(nil)
+            streamAnswered.append(false)
+            plans.append(Plan())
+            partials.append(FloatBuffer())
+            prober?.add(channel)
+            workers[workers.count - 1].alive = true
+        }
+        for i in workers.indices {
+            let routed = placement[workers[i].address] ?? []
+            workers[i].routed = routed
+            // It answered the caller's Assign with these: it holds them (its next hello says so too).
+            workers[i].pairs = Array(Set(workers[i].pairs).union(routed)).sorted()
+        }
+        holders = holders.map { $0.map { _ in [] } }
+        for i in workers.indices {
+            for p in workers[i].serving { holders[p.layer][p.expert].append(i) }
+        }
+        publishCoverage()
     }
 
     /// For a coordinator with nothing to compute (call every half second or so, from the
@@ -208,6 +285,7 @@ public final class RemoteExperts: ExpertBackend {
     /// health checks see it before a request does — and asks for another round of hellos to
     /// every worker once a second.
     public func probe() {
+        applyStaged()
         applyProbes()
         if ContinuousClock.now - lastCheckAll >= .seconds(1) {
             lastCheckAll = .now
@@ -273,8 +351,14 @@ public final class RemoteExperts: ExpertBackend {
             throw ClusterError.refused(worker: address, reason: error)
         }
         let pairs = hello.pairs.map { ExpertKey(layer: $0.layer, expert: $0.expert) }
-        // A worker that comes back may serve other pairs than before.
-        if pairs != workers[i].pairs {
+        if let routed = workers[i].routed {
+            // Placed by the coordinator: routes follow the placement, and the worker must hold them.
+            let held = Set(pairs)
+            workers[i].pairs = pairs
+            let missing = routed.count { !held.contains($0) }
+            if missing > 0 { throw ClusterError.holdsLess(worker: address, missing: missing) }
+        } else if pairs != workers[i].pairs {
+            // A worker that comes back may serve other pairs than before.
             for p in workers[i].pairs { holders[p.layer][p.expert].removeAll { $0 == i } }
             for p in pairs { holders[p.layer][p.expert].append(i) }
         }
@@ -288,6 +372,8 @@ public final class RemoteExperts: ExpertBackend {
     // MARK: - The MoE layer
 
     public func moe(layer: Int, x: UnsafePointer<Float>, routes: Routes, out: UnsafeMutablePointer<Float>) throws {
+        // A new placement switches between forward passes, never inside one.
+        if layer == 0 { applyStaged() }
         applyProbes()
         let n = routes.tokenCount, k = routes.k, slots = n * k
         rotation &+= 1
@@ -349,6 +435,9 @@ public final class RemoteExperts: ExpertBackend {
         var received = 0, slowest = Duration.zero
         for w in plans.indices {
             guard let answer = answers[w] else { continue }
+            workers[w].calls += 1
+            workers[w].callSeconds += answer.elapsed.seconds
+            if case .failure = answer.result { workers[w].failures += 1 }
             if let callObserver {
                 let failed = if case .failure = answer.result { true } else { false }
                 let size = if case .success(let payload) = answer.result { payload.count } else { 0 }
@@ -381,6 +470,7 @@ public final class RemoteExperts: ExpertBackend {
         }
         stats.record(.init(layer: layer, tokens: n, elapsed: elapsed, sent: sent, received: received,
                                   workerCompute: slowest))
+        if ContinuousClock.now - lastPublished >= .milliseconds(500) { publishWorkers() }
         if recentRates.count == 32 { recentRates.removeFirst() }
         recentRates.append(elapsed.seconds / Double(max(1, n)))
 

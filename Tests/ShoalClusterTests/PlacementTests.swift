@@ -122,6 +122,23 @@ import Testing
         #expect(planner.plan(three, current: after.holders).movedBytes == 0)
     }
 
+    /// One worker held everything; two join with room for it all: with one replica per pair each
+    /// of the three ends up holding about two thirds of the experts (every pair twice), not the
+    /// first worker all of them and the others the rest.
+    @Test func replicasSpreadWhenWorkersJoin() {
+        let roomy = { (name: String) in PlacementPlanner.Worker(name: name, memoryBytes: 200 * Self.gib) }
+        let planner = PlacementPlanner(pairBytes: Self.mixtralBF16, replicas: 1)
+        let one = planner.plan([roomy("w0")])
+        let three = [roomy("w0"), roomy("w1"), roomy("w2")]
+        let after = planner.plan(three, current: one.holders)
+        Self.check(after, three, planner, "after two joined")
+        let total = Self.mixtralBF16.joined().reduce(0, +)
+        #expect(after.replicatedPairs == 256)
+        for w in 0..<3 { #expect(abs(after.usedBytes[w] - 2 * total / 3) <= 2 * Self.bf16Pair, "\(after.usedBytes)") }
+        // The first worker gave up only what the others needed.
+        #expect(after.movedBytes <= 4 * total / 3 + 2 * Self.bf16Pair, "\(after.movedBytes)")
+    }
+
     @Test func hotExpertsGetTheReplicasFirst() {
         let workers = (0..<2).map { PlacementPlanner.Worker(name: "w\($0)", memoryBytes: 46 * Self.gib) }
         var heat = Array(repeating: Array(repeating: 1.0, count: 8), count: 32)
