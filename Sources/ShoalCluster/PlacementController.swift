@@ -30,6 +30,9 @@ public final class PlacementController: @unchecked Sendable {
         public var heartbeat: Duration = .seconds(1)
         /// Without a heartbeat this long, a worker counts as gone and its pairs are re-placed.
         public var timeout: Duration = .seconds(4)
+        /// How long a worker that joins holding pairs already (after this coordinator
+        /// restarted) waits to be placed, so that the others re-join first and nothing moves.
+        public var settle: Duration = .seconds(3)
         /// Deadline of one Assign (a worker maps, or quantizes, what it was given).
         public var assignTimeout: Duration = .seconds(600)
         /// How the coordinator dials workers (the cluster's mutual TLS).
@@ -174,7 +177,7 @@ public final class PlacementController: @unchecked Sendable {
             "worker": "\(address)", "name": "\(name)", "memory_bytes": "\(request.memoryBytes)",
             "read_gb_per_s": "\(String(format: "%.1f", speed / 1e9))", "holds": "\(held.count)",
         ])
-        scheduleReplan()
+        scheduleReplan(after: held.isEmpty ? .zero : options.settle)
         var response = Shoal_V1_JoinResponse()
         response.heartbeatMillis = UInt32(options.heartbeat / .milliseconds(1))
         response.timeoutMillis = UInt32(options.timeout / .milliseconds(1))
@@ -214,6 +217,19 @@ public final class PlacementController: @unchecked Sendable {
         log.info("draining a worker", metadata: ["worker": "\(address)"])
         let moved: Int = try await withCheckedThrowingContinuation { continuation in
             queue.async { [self] in
+                if let stranded = strandedWithout(address), !stranded.isEmpty {
+                    members.withLock { members in
+                        if let i = members.firstIndex(where: { $0.address == address }), members[i].state == .draining {
+                            members[i].state = .serving
+                        }
+                    }
+                    let shown = stranded.prefix(8).map { "\($0.layer)/\($0.expert)" }.joined(separator: ", ")
+                    continuation.resume(throwing: RPCStatus(
+                        code: .failedPrecondition,
+                        message: "cannot drain \(address): the other workers have no room for \(stranded.count) of its pairs "
+                            + "(\(shown)\(stranded.count > 8 ? ", …" : "")); it keeps serving"))
+                    return
+                }
                 let outcome = replan()
                 let state = members.withLock { $0.first { $0.address == address }?.state }
                 if state == .released {
@@ -269,9 +285,27 @@ public final class PlacementController: @unchecked Sendable {
 
     // MARK: - Re-placement
 
-    private func scheduleReplan() {
+    /// The pairs that have a holder now but would have none without `address` (nil when it
+    /// is not a member). Runs on `queue`.
+    private func strandedWithout(_ address: String) -> [ExpertKey]? {
+        let snapshot = members.withLock { $0 }
+        let others = snapshot.filter { [.joining, .serving].contains($0.state) && $0.address != address }
+        let c = checkpoint.config
+        var current = Array(repeating: Array(repeating: [Int](), count: c.experts), count: c.layers)
+        for (j, m) in others.enumerated() {
+            for p in m.held { current[p.layer][p.expert].append(j) }
+        }
+        let plan = planner.plan(others.map { PlacementPlanner.Worker(name: $0.address, memoryBytes: $0.memoryBytes, speed: max($0.speed, 1)) },
+                                current: current)
+        let routedNow = Set(snapshot.flatMap(\.routed))
+        return plan.unplaced.filter { routedNow.contains($0) }
+    }
+
+    /// One re-placement `delay` from now, unless one is pending already (it will see this
+    /// change too).
+    private func scheduleReplan(after delay: Duration = .zero) {
         guard !replanPending.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        queue.async { [self] in
+        queue.asyncAfter(deadline: .now() + .milliseconds(Int(delay / .milliseconds(1)))) { [self] in
             replanPending.store(false, ordering: .releasing)
             _ = replan()
         }
@@ -340,6 +374,7 @@ public final class PlacementController: @unchecked Sendable {
             // 2. Switch: routes follow the plan from the next forward pass.
             var placement: [String: [ExpertKey]] = [:]
             for i in snapshot.indices { placement[snapshot[i].address] = target[i] }
+            summary.withLock { $0 = Summary(unplaced: plan.unplaced, missingBytes: plan.missingBytes) }
             let switched = DispatchSemaphore(value: 0)
             remote.stage(placement) { switched.signal() }
             switched.wait()
@@ -349,7 +384,6 @@ public final class PlacementController: @unchecked Sendable {
                     if members[i].state == .joining { members[i].state = .serving }
                 }
             }
-            summary.withLock { $0 = Summary(unplaced: plan.unplaced, missingBytes: plan.missingBytes) }
 
             // 3. Release: final sets, without what no longer routes there.
             var releases: [RPCPayload?] = Array(repeating: nil, count: snapshot.count)
