@@ -2,13 +2,86 @@ import ArgumentParser
 import Foundation
 import ShoalCluster
 import ShoalModel
+import ShoalProtocol
+import ShoalRPC
+import SwiftProtobuf
+import Synchronization
 
 /// `shoal cluster`: the placement of experts on workers.
 struct ClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
-        abstract: "Plan where a model's experts live on a cluster of workers.",
-        subcommands: [Plan.self])
+        abstract: "Plan where a model's experts live on workers; see and drain a running cluster.",
+        subcommands: [Plan.self, Status.self, Drain.self])
+
+    /// How `status` and `drain` reach a coordinator's cluster listener (`--cluster-listen`).
+    struct Connection: ParsableArguments {
+        @Option(help: "The coordinator's cluster address (serve --placement auto --cluster-listen), HOST:PORT.")
+        var coordinator = "127.0.0.1:50050"
+        @Option(help: "Folder with a node identity of the cluster (shoal certs issue): mutual TLS, as the coordinator requires when it has --tls.")
+        var tls: String?
+        @Flag(help: "Allow plaintext to a coordinator off loopback.") var insecure = false
+
+        func call<M: SwiftProtobuf.Message>(_ method: String, _ request: some SwiftProtobuf.Message, _ type: M.Type,
+                                            timeout: Duration) throws -> M {
+            let node = try NodeSecurity(tls: tls, insecure: insecure)
+            if let warning = try node.checkPlaintext([coordinator], role: "--coordinator") { printErr(warning) }
+            let channel = RPCChannel(target: coordinator, security: node.security)
+            defer { channel.close() }
+            let payload = try RPCPayload(message: request)
+            let answer = Mutex<Result<RPCPayload, Error>?>(nil)
+            let done = DispatchSemaphore(value: 0)
+            channel.unary(method, request: payload, timeout: timeout) { result in
+                answer.withLock { $0 = result }
+                done.signal()
+            }
+            done.wait()
+            do {
+                return try answer.withLock { $0! }.get().message(M.self)
+            } catch let status as RPCStatus {
+                throw ValidationError("\(coordinator): \(status.message.isEmpty ? "\(status.code)" : status.message)")
+            }
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a running coordinator's workers and where each expert lives.",
+            discussion: "The same JSON as GET /v1/cluster on the HTTP API with --json.")
+
+        @OptionGroup var connection: Connection
+        @Flag(help: "Print the JSON document.") var json = false
+
+        func run() throws {
+            try reportingErrors {
+                let response = try connection.call(ClusterServiceMethod.status, Shoal_V1_StatusRequest(),
+                                                   Shoal_V1_StatusResponse.self, timeout: .seconds(10))
+                if json { return print(response.json) }
+                let status = try ClusterStatus.decode(Data(response.json.utf8))
+                print(describe(status), terminator: "")
+            }
+        }
+    }
+
+    struct Drain: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move a joined worker's experts to the others, then release it (it exits 0).",
+            discussion: "Fails, leaving the worker serving, when the others have no room for its experts.")
+
+        @OptionGroup var connection: Connection
+        @Argument(help: "The worker: the address it joined with, or its name.") var worker: String
+        @Option(help: "Seconds to wait for the experts to move.") var timeout: Double = 600
+
+        func run() throws {
+            try reportingErrors {
+                var request = Shoal_V1_DrainRequest()
+                request.worker = worker
+                let response = try connection.call(ClusterServiceMethod.drain, request, Shoal_V1_DrainResponse.self,
+                                                   timeout: .milliseconds(Int64(timeout * 1000)))
+                print("drained \(worker): its experts moved (\(formatBytes(Int(response.movedBytes))) loaded by the others); it has been released")
+            }
+        }
+    }
 
     struct Plan: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -114,4 +187,43 @@ func parseByteSize(_ text: String) -> Int? {
         return Int(value * scale)
     }
     return Int(trimmed)
+}
+
+/// `shoal cluster status` as text: one line per worker, then the placement map (one row per
+/// layer, one column per expert, each cell the workers holding it by their number).
+func describe(_ status: ClusterStatus) -> String {
+    var out = ""
+    let layers = status.holders.count, experts = status.holders.first?.count ?? 0
+    let held = status.holders.joined().count { !$0.isEmpty }
+    out += "placement \(status.placement), \(status.workers.count) workers, \(held) of \(layers * experts) pairs held, "
+        + "\(status.holders.joined().count { $0.count > 1 }) with a replica; "
+        + (status.complete ? "serving" : "not serving (some experts have no live holder: /health is 503)") + "\n"
+    out += "#  worker                 state     offered     holds       pairs  calls    failed  mean ms\n"
+    for (i, w) in status.workers.enumerated() {
+        let pairs = w.experts.reduce(0) { $0 + $1.count }
+        out += "\(i + 1)".padding(toLength: 3, withPad: " ", startingAt: 0)
+            + w.address.padding(toLength: 23, withPad: " ", startingAt: 0)
+            + w.state.padding(toLength: 10, withPad: " ", startingAt: 0)
+            + (w.memoryOfferedBytes.map(formatBytes) ?? "-").padding(toLength: 12, withPad: " ", startingAt: 0)
+            + formatBytes(w.memoryUsedBytes).padding(toLength: 12, withPad: " ", startingAt: 0)
+            + "\(pairs)".padding(toLength: 7, withPad: " ", startingAt: 0)
+            + "\(w.calls)".padding(toLength: 9, withPad: " ", startingAt: 0)
+            + "\(w.failedCalls)".padding(toLength: 8, withPad: " ", startingAt: 0)
+            + (w.meanCallMilliseconds.map { String(format: "%.2f", $0) } ?? "-")
+            + (w.name.isEmpty ? "" : "  \(w.name)") + (w.lastError.map { "  (\($0))" } ?? "") + "\n"
+    }
+    if !status.unplaced.isEmpty {
+        out += "unplaced: \(status.unplaced.count) pairs; workers offering \(formatBytes(status.missingBytes)) more are needed\n"
+    }
+    guard layers > 0 else { return out }
+    let number = Dictionary(status.workers.enumerated().map { ($1.address, $0 + 1) }, uniquingKeysWith: { a, _ in a })
+    let cells = status.holders.map { $0.map { $0.compactMap { number[$0] }.map(String.init).joined(separator: ",") } }
+    let width = max(3, cells.joined().map(\.count).max() ?? 1) + 2
+    out += "holders (worker numbers) per layer and expert:\n"
+    out += "layer " + (0..<experts).map { "e\($0)".padding(toLength: width, withPad: " ", startingAt: 0) }.joined() + "\n"
+    for (l, row) in cells.enumerated() {
+        out += "\(l)".padding(toLength: 6, withPad: " ", startingAt: 0)
+            + row.map { ($0.isEmpty ? "-" : $0).padding(toLength: width, withPad: " ", startingAt: 0) }.joined() + "\n"
+    }
+    return out
 }

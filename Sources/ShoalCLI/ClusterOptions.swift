@@ -23,9 +23,22 @@ struct ClusterOptions: ParsableArguments {
     var insecure = false
     @Option(help: "Quantize the checkpoint's float weights as they load, as `shoal quantize --type` would write them (\(QuantizationMix.allCases.map(\.rawValue).joined(separator: ", "))).")
     var quantize: QuantizationMix?
+    @Option(help: "fixed: the --workers given, each serving its --experts; auto: workers join (shoal worker --join) and are given experts by memory and speed.")
+    var placement: PlacementMode = .fixed
+    @Option(help: "With --placement auto: extra holders per (layer, expert) where memory allows (replicas keep requests alive when a worker dies).")
+    var replicas = 1
+    @Option(help: "With --placement auto: where workers join and shoal cluster status/drain connect, HOST:PORT (mutual TLS with --tls; plaintext only on loopback without it).")
+    var clusterListen = "127.0.0.1:50050"
+    @Option(help: "With --placement auto (generate, logits): seconds to wait for joining workers to hold every expert.")
+    var joinWait: Double = 120
 
     func validate() throws {
         guard rpcTimeout > 0 else { throw ValidationError("--rpc-timeout must be positive") }
+        guard replicas >= 0 else { throw ValidationError("--replicas must not be negative") }
+        guard joinWait >= 0 else { throw ValidationError("--join-wait must not be negative") }
+        if placement == .auto, workers != nil {
+            throw ValidationError("--workers and --placement auto: with auto placement workers join by themselves (shoal worker --join)")
+        }
         _ = try parseCPUs(cpus)
     }
 
@@ -37,6 +50,55 @@ struct ClusterOptions: ParsableArguments {
             throw ClusterError.badWorkerList(workers)
         }
         return list
+    }
+
+    /// Loads `folder` for generation, with remote experts when `--workers` is given.
+    /// `startWithMissingPairs`: a service starts before its workers are all up. With
+    /// `--placement auto`, the placement controller starts too, and (unless
+    /// `startWithMissingPairs`) this waits up to `--join-wait` for workers to hold every pair.
+    func coordinator(folder: String, threads: Int, startWithMissingPairs: Bool = false) throws -> Coordinator {
+        guard placement == .auto else {
+            return Coordinator(engine: try engine(folder: folder, threads: threads, startWithMissingPairs: startWithMissingPairs))
+        }
+        let node = try NodeSecurity(tls: tls, insecure: insecure)
+        if let warning = try node.checkPlaintext([clusterListen], role: "--cluster-listen") { printErr(warning) }
+        var options = remoteOptions(security: node.security)
+        options.startWithMissingPairs = true
+        nonisolated(unsafe) var made: RemoteExperts?
+        let engine = try Engine(folder: folder, threads: threads, cpus: try parseCPUs(cpus), quantize: quantize) { checkpoint, pool in
+            let remote = try RemoteExperts(checkpoint: checkpoint, workers: [], options: options, pool: pool)
+            made = remote
+            return remote
+        }
+        let remote = made!
+        var controllerOptions = PlacementController.Options()
+        controllerOptions.replicas = replicas
+        controllerOptions.security = node.security
+        let controller = try PlacementController(remote: remote, checkpoint: engine.checkpoint, options: controllerOptions)
+        let server = try RPCServer.start(listen: clusterListen, security: node.security, unary: controller.handlers)
+        let elastic = Coordinator.Elastic(controller: controller, server: server, address: "\(hostPart(clusterListen)):\(server.port)")
+        if !startWithMissingPairs {
+            printErr("waiting for workers to join on \(elastic.address) (shoal worker --join \(elastic.address))")
+            let deadline = ContinuousClock.now + .milliseconds(Int64(joinWait * 1000))
+            while !remote.coverage.isComplete {
+                guard ContinuousClock.now < deadline else {
+                    let status = controller.status()
+                    throw ClusterError.missingPairs(status.unplaced.map { ExpertKey(layer: $0[0], expert: $0[1]) }, down: [])
+                }
+                remote.probe()  // takes a staged placement in: nothing else runs the forward pass yet
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+        }
+        return Coordinator(engine: engine, elastic: elastic)
+    }
+
+    private func remoteOptions(security: RPCSecurity) -> RemoteExperts.Options {
+        var options = RemoteExperts.Options()
+        options.wireDType = wireDType.value
+        options.security = security
+        options.timeout = .milliseconds(Int64(rpcTimeout * 1000))
+        options.helloTimeout = min(options.timeout, .seconds(10))
+        return options
     }
 
     /// Loads `folder` for generation, with remote experts when `--workers` is given.
@@ -110,4 +172,23 @@ func formatCPUs(_ cpus: [Int]) -> String {
 enum WireDTypeArgument: String, ExpressibleByArgument, CaseIterable {
     case f32, bf16
     var value: WireDType { self == .f32 ? .f32 : .bf16 }
+}
+
+/// `--placement` values.
+enum PlacementMode: String, ExpressibleByArgument, CaseIterable {
+    case fixed, auto
+}
+
+/// A coordinator's engine and, with `--placement auto`, what places its experts (kept alive
+/// as long as the engine serves).
+struct Coordinator {
+    struct Elastic {
+        let controller: PlacementController
+        let server: RPCServer
+        /// Where workers join: the cluster listener's address with its bound port.
+        let address: String
+    }
+
+    let engine: Engine
+    var elastic: Elastic?
 }

@@ -51,7 +51,9 @@ struct GenerateCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             if let coordinator { return try generateRemotely(coordinator) }
-            let engine = try cluster.engine(folder: model!, threads: threads)  // validate() saw one of the two
+            let coordinator = try cluster.coordinator(folder: model!, threads: threads)  // validate() saw one of the two
+            defer { withExtendedLifetime(coordinator) {} }
+            let engine = coordinator.engine
             let promptIDs: [Int]
             if let ids {
                 promptIDs = try parseIDs(ids)
@@ -136,7 +138,9 @@ struct LogitsCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let engine = try cluster.engine(folder: model, threads: threads)
+            let coordinator = try cluster.coordinator(folder: model, threads: threads)
+            defer { withExtendedLifetime(coordinator) {} }
+            let engine = coordinator.engine
             let list = try parseIDs(ids)
             let cache = KVCache(config: engine.model.config, capacity: list.count)
             let logits = try engine.model.forward(list, cache: cache, allLogits: true)

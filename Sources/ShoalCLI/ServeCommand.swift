@@ -76,7 +76,9 @@ struct ServeCommand: ParsableCommand {
             }
             // Workers may come up after the service (systemd starts them in any order): /health
             // is 503 until every pair has a live holder.
-            let engine = try cluster.engine(folder: model, threads: threads, startWithMissingPairs: true)
+            let coordinator = try cluster.coordinator(folder: model, threads: threads, startWithMissingPairs: true)
+            defer { withExtendedLifetime(coordinator) {} }
+            let engine = coordinator.engine
             let config = engine.model.config
             let bytesPerToken = config.kvCacheBytesPerPosition
             var options = PromptServer.Options()
@@ -93,6 +95,9 @@ struct ServeCommand: ParsableCommand {
             options.scheduler.clientShare = clientShare
             options.metrics = metrics
             options.grpcSecurity = grpcSecurity
+            if let controller = coordinator.elastic?.controller {
+                options.clusterJSON = { controller.status().json() }
+            }
             options.access = HTTPAccess(
                 keys: keys,
                 allowedHosts: try allowedHosts.map { list in
@@ -103,9 +108,13 @@ struct ServeCommand: ParsableCommand {
                 corsOrigins: corsOrigin)
             let server = try PromptServer(engine: engine, options: options, log: log)
             let kv = options.scheduler.kvCacheTokens
-            let experts = (engine.model.experts as? RemoteExperts).map { remote in
-                "\(remote.workers.count) workers" + (remote.coverage.isComplete ? "" : ", some pairs not served yet: /health is 503")
-            } ?? "local experts"
+            let experts = if let elastic = coordinator.elastic {
+                "experts placed on workers that join at \(elastic.address), \(cluster.replicas) replica(s) where memory allows; /health is 503 until they hold every expert"
+            } else {
+                (engine.model.experts as? RemoteExperts).map { remote in
+                    "\(remote.workers.count) workers" + (remote.coverage.isComplete ? "" : ", some pairs not served yet: /health is 503")
+                } ?? "local experts"
+            }
             // Written unbuffered: whoever started us may wait for this line on a pipe.
             FileHandle.standardOutput.write(Data((
                 "shoal serve ready: http \(server.httpPort.map { address(http, $0) } ?? "off"), "

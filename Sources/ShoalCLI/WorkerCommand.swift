@@ -5,6 +5,7 @@ import Logging
 import ShoalCluster
 import ShoalModel
 import ShoalRPC
+import ShoalTensor
 
 /// `shoal worker`: an expert-worker daemon serving some experts of a model over gRPC.
 struct WorkerCommand: ParsableCommand {
@@ -12,14 +13,24 @@ struct WorkerCommand: ParsableCommand {
         commandName: "worker",
         abstract: "Serve some experts of a model to coordinators (shoal generate/logits --workers).",
         discussion: """
-            SPEC is a comma-separated list of EXPERTS[@LAYERS] ranges: 0-3 serves experts 0-3 of
-            every layer, 0-3@0-15,4-7@16-31 splits by layer. Only those experts' tensors are mapped.
-            Prints one ready line on stdout once listening; stops on SIGINT or SIGTERM (running
-            calls get --grace seconds to finish) with exit code 0.
+            Either fixed experts, --experts SPEC, for coordinators started with --workers: SPEC is a
+            comma-separated list of EXPERTS[@LAYERS] ranges (0-3 serves experts 0-3 of every layer,
+            0-3@0-15,4-7@16-31 splits by layer). Or --join COORDINATOR (its --cluster-listen
+            address; serve --placement auto): the worker offers --memory and is given experts,
+            keeps a heartbeat, joins again if the coordinator restarts, and on SIGINT or SIGTERM
+            asks to be drained (its experts move to other workers first). Only the experts held
+            are mapped. Prints one ready line on stdout once listening; stops on SIGINT or SIGTERM
+            (running calls get --grace seconds to finish) with exit code 0.
             """)
 
     @Option(help: "Model folder (Hugging Face or Mistral layout) or GGUF file.") var model: String
-    @Option(help: "Experts to serve: EXPERTS[@LAYERS][,…].") var experts: String
+    @Option(help: "Experts to serve: EXPERTS[@LAYERS][,…] (not with --join).") var experts: String?
+    @Option(help: "Join a coordinator started with --placement auto, at its --cluster-listen HOST:PORT: it assigns the experts.")
+    var join: String?
+    @Option(help: "With --join: bytes of expert weights to offer, e.g. 12GiB (default: what the host has available, minus a tenth of its memory, at least 1 GiB).")
+    var memory: String?
+    @Option(help: "With --join: HOST:PORT the coordinator dials to reach this worker (default: --listen with its bound port; needed when listening on 0.0.0.0).")
+    var advertise: String?
     @Option(help: "Address to listen on; port 0 picks a free port (see the ready line). Off loopback it needs --tls (or --insecure).")
     var listen = "127.0.0.1:50051"
     @Option(help: "Folder with this node's identity (shoal certs issue): accept only coordinators the same authority signed, over mutual TLS.")
@@ -42,6 +53,11 @@ struct WorkerCommand: ParsableCommand {
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
         guard grace >= 0 else { throw ValidationError("--grace must not be negative") }
         _ = try parseCPUs(cpus)
+        guard (experts == nil) != (join == nil) else {
+            throw ValidationError("give either --experts SPEC (fixed experts) or --join COORDINATOR (experts assigned), not both")
+        }
+        if join == nil, memory != nil || advertise != nil { throw ValidationError("--memory and --advertise go with --join") }
+        if let memory, parseByteSize(memory) == nil { throw ValidationError("--memory \(memory): expected a size like 12GiB") }
     }
 
     func run() throws {
@@ -52,26 +68,68 @@ struct WorkerCommand: ParsableCommand {
             if let warning = try node.checkPlaintext([listen], role: "--listen") { printErr(warning) }
             let checkpoint = try Checkpoint(folder: model, quantize: quantize)
             let config = checkpoint.config
-            let pairs = try ExpertSpec(experts).pairs(layers: config.layers, experts: config.experts)
+            let pairs = try experts.map { try ExpertSpec($0).pairs(layers: config.layers, experts: config.experts) } ?? []
             let cpus = try parseCPUs(self.cpus)
+            let offered = memory.flatMap(parseByteSize) ?? defaultOfferedMemory().offered
+            let workerName = name ?? "shoal-worker@\(ProcessInfo.processInfo.hostName)"
             let worker = try ExpertWorker(
                 checkpoint: checkpoint, pairs: pairs, threads: threads, maxTokens: maxTokens, cpus: cpus,
-                name: name ?? "shoal-worker@\(ProcessInfo.processInfo.hostName)", logger: logger)
+                name: workerName, assignableBytes: join == nil ? nil : offered, logger: logger)
             // Signals are taken before the server starts, so none is lost between the two.
             let stop = StopSignal()
             let server = try worker.startServer(listen: listen, security: node.security)
             let host = listen[..<(listen.lastIndex(of: ":") ?? listen.endIndex)]
             let address = "\(host):\(server.port)"
             // Written unbuffered: whoever started us waits for this line on a pipe.
-            FileHandle.standardOutput.write(Data((
-                "shoal worker ready: listening on \(address), experts \(experts) of \(checkpoint.folder) "
+            var membership: JoinClient?
+            let holds: String
+            if let join {
+                let advertised = advertise ?? address
+                if ["0.0.0.0", "::", ""].contains(hostPart(advertised)) {
+                    throw ValidationError("--listen \(listen) has no address a coordinator can dial: give --advertise HOST:PORT")
+                }
+                let bandwidth = MemoryBandwidth.measureRead(pool: ComputePool(threads: threads), bytes: 64 << 20, repeats: 3)
+                let defaults = defaultOfferedMemory()
+                membership = JoinClient(
+                    coordinator: join, security: node.security, worker: worker,
+                    offer: .init(address: advertised, name: workerName, memoryBytes: offered, readBytesPerSecond: bandwidth * 1e9),
+                    log: logger)
+                holds = "joining \(join) as \(advertised), offering \(formatBytes(offered)) of weights"
+                    + (memory == nil ? " (\(formatBytes(defaults.available)) available minus \(formatBytes(defaults.margin)) kept back)" : "")
+                    + String(format: ", reads %.1f GB/s", bandwidth)
+            } else {
+                holds = "experts \(experts!) of \(checkpoint.folder) "
                     + "(\(pairs.count) pairs, \(formatBytes(worker.weightBytes)) of weights: "
-                    + worker.weightTypes.map { "\($0.type.rawValue) \(formatBytes($0.bytes))" }.joined(separator: ", ") + "), "
+                    + worker.weightTypes.map { "\($0.type.rawValue) \(formatBytes($0.bytes))" }.joined(separator: ", ") + ")"
+            }
+            FileHandle.standardOutput.write(Data((
+                "shoal worker ready: listening on \(address), \(holds), "
                     + "fingerprint \(worker.fingerprint), \(node.summary)"
                     + (cpus.isEmpty ? "" : ", threads pinned to CPUs \(cpusArgument(cpus))")
                     + "\n").utf8))
             logger.info("serving", metadata: ["address": "\(address)", "pairs": "\(pairs.count)"])
-            stop.wait()
+            if let membership {
+                // Membership runs on a thread of its own; a signal asks it to drain first.
+                let ended = DispatchSemaphore(value: 0)
+                nonisolated(unsafe) var outcome = JoinClient.Outcome.released
+                Thread.detachNewThread {
+                    outcome = membership.run()
+                    ended.signal()
+                }
+                let signalled = DispatchSemaphore(value: 0)
+                Thread.detachNewThread {
+                    stop.wait()
+                    signalled.signal()
+                    membership.leave()
+                }
+                ended.wait()
+                if case .leftUnreleased(let why) = outcome {
+                    if signalled.wait(timeout: .now()) == .timedOut { throw ValidationError("left the cluster: \(why)") }
+                    logger.warning("stopping without a drain", metadata: ["reason": "\(why)"])
+                }
+            } else {
+                stop.wait()
+            }
             logger.info("stopping", metadata: ["grace_seconds": "\(grace)"])
             let stopped = DispatchSemaphore(value: 0)
             let grace = Duration.milliseconds(Int64(self.grace * 1000))
@@ -111,7 +169,7 @@ func bootstrapLogging(_ level: Logger.Level) {
 
 /// SIGINT and SIGTERM, taken from the moment this is made: `wait()` returns once either
 /// arrives (the daemons then stop gracefully and exit 0).
-final class StopSignal {
+final class StopSignal: @unchecked Sendable {
     private let semaphore = DispatchSemaphore(value: 0)
     private var sources: [DispatchSourceSignal] = []
 

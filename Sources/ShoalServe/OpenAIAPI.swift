@@ -17,6 +17,8 @@ public final class OpenAIAPI: Sendable {
     private let service: any GenerationService
     private let modelName: String
     private let metricsText: @Sendable () -> String
+    /// The cluster's status as JSON (`GET /v1/cluster`); nil: experts are in this process.
+    private let clusterJSON: (@Sendable () -> Data)?
     private let access: HTTPAccess
     private let surface: Surface
     private let log: Logger?
@@ -26,7 +28,9 @@ public final class OpenAIAPI: Sendable {
     /// The API over `service` as the model `modelName` (a request naming another model gets
     /// 404); `metricsText` renders /metrics; `access` says who may call it.
     public init(service: any GenerationService, modelName: String, access: HTTPAccess = HTTPAccess(),
-                surface: Surface = .api, metricsText: @escaping @Sendable () -> String, log: Logger?) {
+                surface: Surface = .api, metricsText: @escaping @Sendable () -> String,
+                clusterJSON: (@Sendable () -> Data)? = nil, log: Logger?) {
+        self.clusterJSON = clusterJSON
         self.service = service
         self.modelName = modelName
         self.access = access
@@ -38,11 +42,12 @@ public final class OpenAIAPI: Sendable {
     /// The method each path answers.
     private static let routes = [
         "/v1/chat/completions": "POST", "/v1/completions": "POST",
-        "/v1/models": "GET", "/health": "GET", "/metrics": "GET",
+        "/v1/models": "GET", "/health": "GET", "/metrics": "GET", "/v1/cluster": "GET",
     ]
 
     /// Answers `request`: `POST /v1/chat/completions`, `POST /v1/completions`,
-    /// `GET /v1/models`, `GET /health`, `GET /metrics`; 404 for other paths, 405 for other methods.
+    /// `GET /v1/models`, `GET /health`, `GET /metrics`, `GET /v1/cluster` (the workers and the
+    /// placement; 404 when experts are in this process); 404 for other paths, 405 for other methods.
     /// Before any of that: the `Host` must be one this server answers to (403), a browser
     /// page of another origin must be allowed (403; CORS preflights are answered), and with
     /// API keys every path but /health needs `Authorization: Bearer KEY` (401).
@@ -97,6 +102,12 @@ public final class OpenAIAPI: Sendable {
             case "/v1/completions": try textCompletion(request, client: client, responder)
             case "/v1/models": try models(responder)
             case "/health": try health(responder)
+            case "/v1/cluster":
+                guard let clusterJSON else {
+                    throw APIError(status: 404, message: "This server computes every expert itself: it has no cluster.",
+                                   type: "invalid_request_error")
+                }
+                try responder.respond(status: 200, headers: [("Content-Type", "application/json")], body: Array(clusterJSON()))
             default: try metrics(responder)
             }
         } catch let error as APIError {

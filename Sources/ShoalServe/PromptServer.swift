@@ -24,6 +24,9 @@ public final class PromptServer: @unchecked Sendable {
         public var access = HTTPAccess()
         /// TLS of the gRPC prompt API (server certificate only); nil: plaintext.
         public var grpcSecurity: RPCSecurity?
+        /// The cluster's status as JSON for `GET /v1/cluster`; nil: from the engine's remote
+        /// experts when it has them (fixed placement).
+        public var clusterJSON: (@Sendable () -> Data)?
 
         public init() {}
     }
@@ -53,6 +56,13 @@ public final class PromptServer: @unchecked Sendable {
             }
         }
         let coverage = remote?.coverage
+        let clusterJSON: (@Sendable () -> Data)? = options.clusterJSON ?? remote.map { remote in
+            let (view, coverage) = (remote.view, remote.coverage)
+            return {
+                ClusterStatus(placement: "fixed", workers: view.workers, complete: coverage.isComplete,
+                              layers: config.layers, experts: config.experts).json()
+            }
+        }
         scheduler = Scheduler(
             engine: engine, options: options.scheduler, metrics: metrics,
             isReady: { coverage?.isComplete ?? true }, probe: remote.map { remote in { remote.probe() } },
@@ -67,7 +77,7 @@ public final class PromptServer: @unchecked Sendable {
                     access.allowedHosts = HTTPAccess.defaultHosts(listening: host, extra: [])
                 }
                 let api = OpenAIAPI(service: scheduler, modelName: options.modelName, access: access,
-                                    metricsText: { metrics.render() }, log: log)
+                                    metricsText: { metrics.render() }, clusterJSON: clusterJSON, log: log)
                 return try HTTPServer.start(host: host, port: port) { request, responder in
                     api.handle(request, responder)
                 }
