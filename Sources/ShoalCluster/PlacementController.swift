@@ -264,6 +264,8 @@ public final class PlacementController: @unchecked Sendable {
         for m in members {
             if let i = status.workers.firstIndex(where: { $0.address == m.address }) {
                 status.workers[i].memoryOfferedBytes = m.memoryBytes
+                // What it answered its last Assign with, sized here (its hellos may be older).
+                status.workers[i].memoryUsedBytes = m.held.reduce(0) { $0 + planner.pairBytes[$1.layer][$1.expert] }
                 status.workers[i].name = m.name
                 if m.state != .serving || status.workers[i].state == "serving" { status.workers[i].state = m.state.rawValue }
                 if m.state == .gone || m.state == .released {
