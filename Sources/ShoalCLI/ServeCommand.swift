@@ -107,6 +107,10 @@ struct ServeCommand: ParsableCommand {
                 },
                 corsOrigins: corsOrigin)
             let server = try PromptServer(engine: engine, options: options, log: log)
+            if let controller = coordinator.elastic?.controller {
+                let metrics = server.metrics
+                controller.setHeat { metrics.expertHeat() }
+            }
             let kv = options.scheduler.kvCacheTokens
             let experts = if let elastic = coordinator.elastic {
                 "experts placed on workers that join at \(elastic.address), \(cluster.replicas) replica(s) where memory allows; /health is 503 until they hold every expert"

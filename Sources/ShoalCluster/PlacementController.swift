@@ -74,6 +74,8 @@ public final class PlacementController: @unchecked Sendable {
     /// Re-placements and the heartbeat check, one at a time.
     private let queue = DispatchQueue(label: "shoal-placement")
     private let replanPending = Atomic<Bool>(false)
+    /// Tokens routed to each expert so far ([layer][expert]), for replicas hottest first.
+    private let heat = Mutex<(@Sendable () -> [[Double]])?>(nil)
     private let fanout = Fanout()
     private var timer: DispatchSourceTimer?
 
@@ -121,6 +123,10 @@ public final class PlacementController: @unchecked Sendable {
             },
         ]
     }
+
+    /// Where the measured tokens per expert come from (the server's metrics): replicas go to
+    /// the hottest pairs first when memory is short.
+    public func setHeat(_ source: @escaping @Sendable () -> [[Double]]) { heat.withLock { $0 = source } }
 
     // MARK: - Handlers
 
@@ -340,10 +346,11 @@ public final class PlacementController: @unchecked Sendable {
             for (j, i) in active.enumerated() {
                 for p in snapshot[i].held { current[p.layer][p.expert].append(j) }
             }
+            let measured = heat.withLock { $0 }?()
             let plan = planner.plan(
                 active.map { PlacementPlanner.Worker(name: snapshot[$0].address, memoryBytes: snapshot[$0].memoryBytes,
                                                      speed: max(snapshot[$0].speed, 1)) },
-                current: current)
+                heat: measured?.count == c.layers ? measured : nil, current: current)
             var target = Array(repeating: [ExpertKey](), count: snapshot.count)
             for l in 0..<c.layers {
                 for e in 0..<c.experts {
@@ -378,14 +385,17 @@ public final class PlacementController: @unchecked Sendable {
             for i in snapshot.indices { placement[snapshot[i].address] = target[i] }
             summary.withLock { $0 = Summary(unplaced: plan.unplaced, missingBytes: plan.missingBytes) }
             let switched = DispatchSemaphore(value: 0)
-            remote.stage(placement) { switched.signal() }
-            switched.wait()
-            members.withLock { members in
-                for i in members.indices {
-                    if let routed = placement[members[i].address] { members[i].routed = routed }
-                    if members[i].state == .joining { members[i].state = .serving }
+            // Members say serving as routes switch (the forward pass's thread runs this).
+            remote.stage(placement) { [self, placement] in
+                members.withLock { members in
+                    for i in members.indices {
+                        if let routed = placement[members[i].address] { members[i].routed = routed }
+                        if members[i].state == .joining { members[i].state = .serving }
+                    }
                 }
+                switched.signal()
             }
+            switched.wait()
 
             // 3. Release: final sets, without what no longer routes there.
             var releases: [RPCPayload?] = Array(repeating: nil, count: snapshot.count)

@@ -36,6 +36,8 @@ public final class ServeMetrics: Sendable {
     private let stepTokens: Counter
     private let fanOutSeconds: ValueHistogram
     private let expertTokens: [[Counter]]  // [layer][expert]
+    /// The same counts, readable (the placement's heat).
+    private let expertTokenCounts: Mutex<[[Double]]>
     private let knownWorkers: [String: WorkerSeries]
     private let otherWorkers = Mutex<[String: WorkerSeries]>([:])
 
@@ -87,6 +89,7 @@ public final class ServeMetrics: Sendable {
             descriptor: Self.name(
                 "shoal_fanout_seconds", "One layer's expert calls to every worker it needs, from the first send to the last answer."),
             labels: [], buckets: Self.latencyBuckets)
+        expertTokenCounts = Mutex(Array(repeating: Array(repeating: 0, count: experts), count: layers))
         expertTokens = (0..<layers).map { layer in
             (0..<experts).map { expert in
                 r.makeCounter(
@@ -153,7 +156,12 @@ public final class ServeMetrics: Sendable {
     /// Counts `tokens` routed to `expert` of `layer`; both must be inside the model's shape.
     public func routed(layer: Int, expert: Int, tokens: Int) {
         expertTokens[layer][expert].increment(by: Int64(tokens))
+        expertTokenCounts.withLock { $0[layer][expert] += Double(tokens) }
     }
+
+    /// Tokens routed to each expert so far, [layer][expert]: which experts are hot, for the
+    /// placement of replicas.
+    public func expertHeat() -> [[Double]] { expertTokenCounts.withLock { $0 } }
 
     /// Records one call to `worker`: its duration, whether it failed, and its message bytes.
     public func workerCall(worker: String, seconds: Double, failed: Bool, sentBytes: Int, receivedBytes: Int) {

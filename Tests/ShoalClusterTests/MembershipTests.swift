@@ -183,4 +183,47 @@ import Testing
         await w2.kill()
         await second.stop()
     }
+
+    /// No replicas: a worker dies, the next generation fails naming the pairs it held; once
+    /// its heartbeats have stopped for the timeout, its pairs are placed on the worker left (it
+    /// has room) and generation works again, as one process computes it, without a restart.
+    @Test(.timeLimit(.minutes(1))) func pairsOfADeadWorkerWithoutReplicaArePlacedAgain() async throws {
+        let (folder, checkpoint, total) = try Self.fixture()
+        let coordinator = try await offPool { try TestCoordinator(checkpoint: checkpoint, replicas: 0) }
+        let w1 = try JoiningWorker(folder: folder, coordinator: coordinator.address, name: "w1", memory: total)
+        let w2 = try JoiningWorker(folder: folder, coordinator: coordinator.address, name: "w2", memory: total)
+        #expect(try await offPool {
+            eventually(within: 20) {
+                coordinator.remote.probe()
+                return w1.worker.pairs.count == 8 && w2.worker.pairs.count == 8 && coordinator.remote.coverage.isComplete
+            }
+        })
+        struct Engines: @unchecked Sendable { let local: Engine; let remote: Engine }
+        let engines = try await offPool {
+            Engines(local: try Engine(folder: folder, threads: 1),
+                    remote: try Engine(folder: folder, threads: 1) { _, _ in coordinator.remote })
+        }
+        let prompt = [1, 2, 3, 4, 5]
+        let parameters = GenerationParameters(maxTokens: 8, ignoreEOS: true)
+        let alone = try await offPool { try engines.local.generator.generate(prompt: prompt, parameters: parameters).ids }
+        #expect(try await offPool { try engines.remote.generator.generate(prompt: prompt, parameters: parameters).ids } == alone)
+
+        let lost = Set(w2.worker.pairs)
+        await w2.kill()
+        let failure = try await offPool { () -> String? in
+            do {
+                _ = try engines.remote.generator.generate(prompt: prompt, parameters: parameters)
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(failure?.contains(w2.address) == true, "the failure names the dead worker: \(failure ?? "none")")
+        let replaced = try await offPool { coordinator.waitUntilComplete(within: 20) }
+        #expect(replaced, "the dead worker's pairs were not placed again")
+        #expect(lost.isSubset(of: Set(w1.worker.pairs)))
+        #expect(try await offPool { try engines.remote.generator.generate(prompt: prompt, parameters: parameters).ids } == alone)
+        await w1.kill()
+        await coordinator.stop()
+    }
 }
