@@ -28,16 +28,8 @@ struct ClusterCommand: ParsableCommand {
             if let warning = try node.checkPlaintext([coordinator], role: "--coordinator") { printErr(warning) }
             let channel = RPCChannel(target: coordinator, security: node.security)
             defer { channel.close() }
-            let payload = try RPCPayload(message: request)
-            let answer = Mutex<Result<RPCPayload, Error>?>(nil)
-            let done = DispatchSemaphore(value: 0)
-            channel.unary(method, request: payload, timeout: timeout) { result in
-                answer.withLock { $0 = result }
-                done.signal()
-            }
-            done.wait()
             do {
-                return try answer.withLock { $0! }.get().message(M.self)
+                return try channel.unaryWaiting(method, request: try RPCPayload(message: request), timeout: timeout).message(M.self)
             } catch let status as RPCStatus {
                 throw ValidationError("\(coordinator): \(status.message.isEmpty ? "\(status.code)" : status.message)")
             }

@@ -156,14 +156,7 @@ public final class JoinClient: @unchecked Sendable {
 
     private func call<M: SwiftProtobuf.Message>(_ method: String, _ request: RPCPayload, _ type: M.Type,
                                                 timeout: Duration) throws -> M {
-        let result = Mutex<Result<RPCPayload, Error>?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        channel.unary(method, request: request, timeout: timeout) { answer in
-            result.withLock { $0 = answer }
-            done.signal()
-        }
-        done.wait()
-        return try result.withLock { $0! }.get().message(M.self)
+        try channel.unaryWaiting(method, request: request, timeout: timeout).message(M.self)
     }
 }
 

@@ -1,5 +1,6 @@
 import CGRPCCore
 import Foundation
+import Synchronization
 
 /// A client connection to one gRPC server, carrying unary, server-streaming and exchange
 /// calls whose messages are opaque bytes.
@@ -90,6 +91,20 @@ public final class RPCChannel: @unchecked Sendable {
             return
         }
         call.startUnary(request, completion)
+    }
+
+    /// The same call for a thread that may block (a command, a membership loop): returns the
+    /// response or throws the `RPCStatus` that ended the call. Never from a Swift
+    /// concurrency thread: it waits.
+    public func unaryWaiting(_ method: String, request: RPCPayload, timeout: Duration) throws -> RPCPayload {
+        let answer = Mutex<Result<RPCPayload, Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        unary(method, request: request, timeout: timeout) { result in
+            answer.withLock { $0 = result }
+            done.signal()
+        }
+        done.wait()
+        return try answer.withLock { $0! }.get()
     }
 
     /// The same call with its completion on `queue`: `completion` runs inside the

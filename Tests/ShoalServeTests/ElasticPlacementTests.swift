@@ -120,14 +120,7 @@ import Testing
             defer { channel.close() }
             var request = Shoal_V1_DrainRequest()
             request.worker = "w2"
-            let answer = Mutex<Result<RPCPayload, Error>?>(nil)
-            let done = DispatchSemaphore(value: 0)
-            channel.unary(ClusterServiceMethod.drain, request: try RPCPayload(message: request), timeout: .seconds(60)) {
-                answer.withLock { [result = $0] in $0 = result }
-                done.signal()
-            }
-            done.wait()
-            _ = try answer.withLock { $0! }.get()
+            _ = try channel.unaryWaiting(ClusterServiceMethod.drain, request: try RPCPayload(message: request), timeout: .seconds(60))
             return true
         }
         #expect(drained)
