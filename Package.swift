@@ -17,13 +17,13 @@ let package = Package(
     ],
     targets: [
         // SIMD kernels with per-function ISA attributes and a runtime CPUID choice:
-        // Swift cannot select an instruction set per function (see NOTES.md, CPU kernels).
+        // Swift cannot select an instruction set per function (docs/kernels.md).
         .target(
             name: "CShoalKernels",
             cSettings: [.unsafeFlags(["-O3", "-ffp-contract=fast"])]
         ),
         // The gRPC C core (Debian libgrpc-dev 1.51): a module map that links grpc and gpr, not
-        // pkg-config, whose abseil flags SwiftPM rejects (NOTES.md).
+        // pkg-config, whose abseil flags SwiftPM rejects (docs/grpc-core.md).
         .systemLibrary(name: "CGRPCCore", providers: [.apt(["libgrpc-dev"])]),
         // Channels, servers, calls, deadlines, TLS over the C core: bytes in, bytes out.
         .target(name: "ShoalRPC", dependencies: ["CGRPCCore"]),

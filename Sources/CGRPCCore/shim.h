@@ -4,7 +4,7 @@
 #define CGRPCCORE_SHIM_H
 
 // libc first: grpc's port_platform.h defines _GNU_SOURCE, which changes fd_set; if a libc header
-// is seen first without it, debug builds fail on '__fds_bits' (NOTES.md).
+// is seen first without it, debug builds fail on '__fds_bits' (docs/grpc-core.md).
 #include <features.h>
 #include <stdint.h>
 #include <stddef.h>

@@ -16,7 +16,7 @@ final class CallRegistry<Call: AnyObject>: @unchecked Sendable {
 ///
 /// Every pointer a batch writes through (received message, metadata arrays, status, details) is
 /// allocated here and lives until `deinit`, which cannot run while a batch is in flight because
-/// each batch's tag retains this object (NOTES.md: stable addresses). `lock` serializes
+/// each batch's tag retains this object (docs/grpc-core.md: stable addresses). `lock` serializes
 /// `grpc_call_start_batch`, cancel and unref; `@unchecked Sendable` rests on it and on the
 /// completion queue delivering each tag once, on its one thread.
 final class ClientCall: @unchecked Sendable {

@@ -4,7 +4,7 @@ import Foundation
 
 /// Counts the channels and servers alive so that `grpc_init` runs before the first and
 /// `grpc_shutdown_blocking` after the last, once each of them has destroyed its calls,
-/// drained its completion queue and joined its polling thread (NOTES.md: shutdown order).
+/// drained its completion queue and joined its polling thread (docs/grpc-core.md: shutdown order).
 enum GRPCLibrary {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var users = 0
@@ -46,7 +46,7 @@ enum GRPCLibrary {
 ///
 /// A tag is passed to C as a retained pointer (`retainedOpaque`); the polling thread takes that
 /// retain back when the event arrives. If the C call that would have queued it fails, the caller
-/// must give the retain back with `releaseUnqueued` (NOTES.md: each tag holds a retain).
+/// must give the retain back with `releaseUnqueued` (docs/grpc-core.md: each tag holds a retain).
 final class CompletionTag: @unchecked Sendable {
     let onComplete: @Sendable (_ success: Bool) -> Void
 
