@@ -1,9 +1,9 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// Linux only (Glibc, Debian's libgrpc, /proc): no platforms line claims otherwise.
 let package = Package(
     name: "Shoal",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "shoal", targets: ["shoal"]),
     ],

@@ -45,6 +45,8 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Seconds running calls get to finish at shutdown.") var grace: Double = 5
     @Option(help: "Quantize the experts' float weights as they load, as `shoal quantize --type` would write them (\(QuantizationMix.allCases.map(\.rawValue).joined(separator: ", "))); the coordinator must say the same.")
     var quantize: QuantizationMix?
+    @Flag(help: "Read the experts' weights into memory before saying ready (and, joined, before answering an assignment), with a progress bar; otherwise the first requests page them in from disk.")
+    var preload = false
     @Option(help: "CPUs to pin the compute threads to, e.g. 1,0 (the thread serving calls on the first, helpers on the next ones); for workers sharing a machine. Default: not pinned.")
     var cpus: String?
 
@@ -74,7 +76,8 @@ struct WorkerCommand: ParsableCommand {
             let workerName = name ?? "shoal-worker@\(ProcessInfo.processInfo.hostName)"
             let worker = try ExpertWorker(
                 checkpoint: checkpoint, pairs: pairs, threads: threads, maxTokens: maxTokens, cpus: cpus,
-                name: workerName, assignableBytes: join == nil ? nil : offered, logger: logger)
+                name: workerName, assignableBytes: join == nil ? nil : offered,
+                preload: preload ? preloadProgress() : nil, logger: logger)
             // Signals are taken before the server starts, so none is lost between the two.
             let stop = StopSignal()
             let server = try worker.startServer(listen: listen, security: node.security)
@@ -192,4 +195,27 @@ func formatBytes(_ n: Int) -> String {
     var value = Double(n), unit = 0
     while value >= 1000, unit < units.count - 1 { value /= 1000; unit += 1 }
     return unit == 0 ? "\(n) B" : String(format: "%.2f %@", value, units[unit])
+}
+
+/// `--preload`'s progress: a bar per load (the worker's experts at start, each assignment).
+private func preloadProgress() -> @Sendable (Int, Int) -> Void {
+    let state = PreloadBar()
+    return { done, total in state.update(done, total) }
+}
+
+/// One progress bar at a time, made when a load starts and finished when it ends.
+private final class PreloadBar: @unchecked Sendable {
+    private let lock = NSLock()
+    private var bar: ProgressBar?
+
+    func update(_ done: Int, _ total: Int) {
+        lock.withLock {
+            if bar == nil { bar = ProgressBar("preloading experts", totalBytes: total) }
+            bar!.update(done)
+            if done >= total {
+                bar!.finish()
+                bar = nil
+            }
+        }
+    }
 }

@@ -47,6 +47,9 @@ public final class ExpertWorker: Sendable {
     private let engine: Mutex<ComputeState>
     /// Taken for a whole Assign, so two never interleave their loading.
     private let assigning = Mutex(())
+    /// Reads the experts' pages in before they serve (`--preload`), reporting bytes done and
+    /// total; nil: pages come in as the first requests touch them.
+    private let preload: (@Sendable (_ done: Int, _ total: Int) -> Void)?
 
     /// The mutable half: what is held, the experts' run state and scratch buffers, used under
     /// the mutex.
@@ -67,7 +70,9 @@ public final class ExpertWorker: Sendable {
     ///   - assignableBytes: for a worker that joins a coordinator: it starts with `pairs` (maybe
     ///     none) and takes Assign calls up to this many bytes of weights.
     public init(checkpoint: Checkpoint, pairs: [ExpertKey], threads: Int, maxTokens: Int = 4096,
-                cpus: [Int] = [], name: String, assignableBytes: Int? = nil, logger: Logger) throws {
+                cpus: [Int] = [], name: String, assignableBytes: Int? = nil,
+                preload: (@Sendable (_ done: Int, _ total: Int) -> Void)? = nil, logger: Logger) throws {
+        self.preload = preload
         self.checkpoint = checkpoint
         self.maxTokens = maxTokens
         self.assignableBytes = assignableBytes
@@ -77,6 +82,7 @@ public final class ExpertWorker: Sendable {
         self.name = name
         self.logger = logger
         let (holding, store) = try Self.load(checkpoint, pairs: pairs)
+        if let preload { store.preload(progress: preload) }
         let pool = ComputePool(threads: threads, cpus: cpus)
         engine = Mutex(ComputeState(
             holding: holding, limits: Self.limits(shape, maxTokens, holding.pairs),
@@ -110,6 +116,9 @@ public final class ExpertWorker: Sendable {
             let before = Set(holding.pairs)
             guard Set(pairs) != before else { return }
             let (holding, store) = try Self.load(checkpoint, pairs: pairs)
+            // Before the swap: a joined worker answers Assign, and so takes traffic, only once
+            // its new pages are in.
+            if let preload { store.preload(progress: preload) }
             let limits = Self.limits(shape, maxTokens, pairs)
             engine.withLock { state in
                 state.experts = LocalExperts(store: store, pool: state.pool)

@@ -13,8 +13,8 @@ import ShoalModel
 /// 2. Spare memory becomes replicas on distinct workers: round after round, the hottest pairs
 ///    (measured tokens, when given) get one more holder each, up to `replicas` extra holders.
 ///    A worker that holds the pair now keeps it while it stays within its share of everything
-///    to be held (in proportion to speed); otherwise the pair goes to the least loaded worker,
-///    so replicas spread over the workers as the primaries do.
+///    to be held (in proportion to speed) and no other worker is lighter by more than the pair;
+///    otherwise the pair goes to the least loaded worker, so replicas spread as primaries do.
 /// 3. A pair no worker can hold is listed, with the memory missing for all of them.
 public struct PlacementPlanner: Sendable {
     /// One worker as the planner sees it.
@@ -126,6 +126,7 @@ public struct PlacementPlanner: Sendable {
         let toHold = Double(min(workers.reduce(0) { $0 + $1.memoryBytes }, placedBytes * (1 + max(0, replicas))))
         let totalSpeed = workers.reduce(0.0) { $0 + max($1.speed, 1e-9) }
         func share(_ w: Int) -> Double { toHold * max(workers[w].speed, 1e-9) / totalSpeed }
+        func load(_ w: Int) -> Double { Double(used[w]) / max(workers[w].speed, 1e-9) }
         let byHeat = pairs.filter { !holders[$0.layer][$0.expert].isEmpty }.enumerated()
             .sorted { a, b in
                 let ha = heat?[a.element.layer][a.element.expert] ?? 0, hb = heat?[b.element.layer][b.element.expert] ?? 0
@@ -144,6 +145,27 @@ public struct PlacementPlanner: Sendable {
                 }
             }
             if !added { break }
+        }
+
+        // Replicas balanced like primaries: one replica at a time from the most to the least
+        // loaded worker while that narrows the gap (the greedy rounds above can leave a worker
+        // that already holds most pairs short, and another over its share); one the lighter
+        // worker holds now is moved first.
+        if workers.count > 1 && replicas > 0 {
+            while true {
+                let hi = workers.indices.max { load($0) < load($1) }!, lo = workers.indices.min { load($0) < load($1) }!
+                let movable = pairs.filter { p in
+                    let h = holders[p.layer][p.expert]
+                    return h.dropFirst().contains(hi) && !h.contains(lo) && fits(lo, p)
+                        && Double(used[hi] - bytes(p)) / max(workers[hi].speed, 1e-9)
+                            >= Double(used[lo] + bytes(p)) / max(workers[lo].speed, 1e-9)
+                }
+                guard let p = movable.first(where: { current?[$0.layer][$0.expert].contains(lo) ?? false }) ?? movable.first
+                else { break }
+                holders[p.layer][p.expert] = holders[p.layer][p.expert].map { $0 == hi ? lo : $0 }
+                used[hi] -= bytes(p)
+                used[lo] += bytes(p)
+            }
         }
 
         var moved = 0

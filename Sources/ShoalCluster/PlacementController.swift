@@ -303,7 +303,9 @@ public final class PlacementController: @unchecked Sendable {
         for (j, m) in others.enumerated() {
             for p in m.held { current[p.layer][p.expert].append(j) }
         }
-        let plan = planner.plan(others.map { PlacementPlanner.Worker(name: $0.address, memoryBytes: $0.memoryBytes, speed: max($0.speed, 1)) },
+        let speeds = Self.relativeSpeeds(others.map(\.speed))
+        let plan = planner.plan(others.indices.map { PlacementPlanner.Worker(name: others[$0].address, memoryBytes: others[$0].memoryBytes,
+                                                                             speed: speeds[$0]) },
                                 current: current)
         let routedNow = Set(snapshot.flatMap(\.routed))
         return plan.unplaced.filter { routedNow.contains($0) }
@@ -347,9 +349,12 @@ public final class PlacementController: @unchecked Sendable {
                 for p in snapshot[i].held { current[p.layer][p.expert].append(j) }
             }
             let measured = heat.withLock { $0 }?()
+            let speeds = Self.relativeSpeeds(active.map { snapshot[$0].speed })
             let plan = planner.plan(
-                active.map { PlacementPlanner.Worker(name: snapshot[$0].address, memoryBytes: snapshot[$0].memoryBytes,
-                                                     speed: max(snapshot[$0].speed, 1)) },
+                active.indices.map { j in
+                    PlacementPlanner.Worker(name: snapshot[active[j]].address, memoryBytes: snapshot[active[j]].memoryBytes,
+                                            speed: speeds[j])
+                },
                 heat: measured?.count == c.layers ? measured : nil, current: current)
             var target = Array(repeating: [ExpertKey](), count: snapshot.count)
             for l in 0..<c.layers {
@@ -423,6 +428,21 @@ public final class PlacementController: @unchecked Sendable {
         }
         log.error("re-placement gave up after 8 rounds of failing workers")
         return (0, false)
+    }
+
+    /// The planner's speeds from measured read bandwidths: relative to their median, and 1
+    /// within 1.5× of it either way. A short read on a shared host varies by a few tens of
+    /// percent from run to run; hosts of one kind should share the work equally, and only a
+    /// really faster or slower one should carry more or less.
+    public static func relativeSpeeds(_ bandwidths: [Double]) -> [Double] {
+        let known = bandwidths.filter { $0 > 0 }.sorted()
+        guard !known.isEmpty else { return bandwidths.map { _ in 1 } }
+        let median = known[known.count / 2]
+        return bandwidths.map { bw in
+            guard bw > 0 else { return 1 }
+            let r = bw / median
+            return r >= 1 / 1.5 && r <= 1.5 ? 1 : r
+        }
     }
 
     private func assignRequest(_ pairs: [ExpertKey], leaving: [ExpertKey]) throws -> RPCPayload {

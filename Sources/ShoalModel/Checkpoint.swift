@@ -87,7 +87,7 @@ public final class Checkpoint: @unchecked Sendable {
     public let folder: String
     public let layout: CheckpointLayout
     public let config: ModelConfig
-    /// `tokenizer.model` or `tokenizer.model.v1`, when the folder has one (a GGUF file carries
+    /// `tokenizer.model`, `tokenizer.model.v1` or `.v3`, when the folder has one (a GGUF file carries
     /// its vocabulary: `loadTokenizer()`).
     public let tokenizerPath: String?
     /// The GGUF file, for a `.gguf` layout.
@@ -144,7 +144,9 @@ public final class Checkpoint: @unchecked Sendable {
             throw ModelLoadError.notACheckpoint(folder: folder, found: found)
         }
         try config.validate(source: layout == .huggingFace ? path("config.json") : path("params.json"))
-        tokenizerPath = ["tokenizer.model", "tokenizer.model.v1"].first(where: has).map(path)
+        // v3 loads too: its plain text encodes as SentencePiece does; its chat format is refused
+        // (`encodeChat`).
+        tokenizerPath = ["tokenizer.model", "tokenizer.model.v1", "tokenizer.model.v3"].first(where: has).map(path)
     }
 
     deinit { owned.forEach { $0.deallocate() } }

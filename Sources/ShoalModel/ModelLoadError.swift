@@ -1,3 +1,4 @@
+import Foundation
 /// Every way a model folder can fail to load. Safetensors-level damage (a truncated file, a
 /// bad header) surfaces as `SafetensorsError`, which names the file and the tensor.
 public enum ModelLoadError: Error, CustomStringConvertible, Equatable {
@@ -32,7 +33,10 @@ public enum ModelLoadError: Error, CustomStringConvertible, Equatable {
         case let .shapeMismatch(name, expected, actual):
             return "tensor \(name) has shape \(actual), expected \(expected) from the config"
         case let .unsupportedDType(name, dtype): return "tensor \(name) has dtype \(dtype); weights must be F32, BF16 or F16"
-        case let .missingTokenizer(folder): return "no tokenizer.model or tokenizer.model.v1 in \(folder)"
+        case let .missingTokenizer(folder):
+            let tekken = FileManager.default.fileExists(atPath: (folder as NSString).appendingPathComponent("tekken.json"))
+            return "no tokenizer.model, tokenizer.model.v1 or tokenizer.model.v3 in \(folder)"
+                + (tekken ? " (its tekken.json, a tiktoken-style tokenizer of later Mistral models, is not supported)" : "")
         }
     }
 }

@@ -94,6 +94,20 @@ public final class ExpertStore: Sendable {
     /// Bytes of weights held.
     public var byteCount: Int { experts.values.reduce(0) { $0 + $1.w1.byteCount + $1.w2.byteCount + $1.w3.byteCount } }
 
+    /// Reads every page of the held weights into memory, in ascending (layer, expert) order,
+    /// calling `progress(bytesDone, bytesTotal)` after each matrix.
+    public func preload(progress: (Int, Int) -> Void = { _, _ in }) {
+        let total = byteCount
+        var done = 0
+        for key in experts.keys.sorted() {
+            for m in [experts[key]!.w1, experts[key]!.w3, experts[key]!.w2] {
+                MappedPages.touch(UnsafeRawBufferPointer(start: m.base, count: m.byteCount))
+                done += m.byteCount
+                progress(done, total)
+            }
+        }
+    }
+
     /// Bytes of weights held per stored type (a Q4_K_M file mixes Q4_K and Q6_K experts),
     /// largest first.
     public var bytesByType: [(type: DType, bytes: Int)] {

@@ -220,6 +220,22 @@ public enum MappedPages {
         if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED) }
     }
 
+    /// Reads one byte of every page of these bytes, so they are in memory when this returns
+    /// (a worker's `--preload`: the first requests then do not wait on the disk). Returns a
+    /// sum of what it read, so the reads cannot be left out.
+    @discardableResult
+    public static func touch(_ bytes: UnsafeRawBufferPointer) -> UInt8 {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return 0 }
+        willNeed(bytes)
+        var sum: UInt8 = 0
+        var offset = 0
+        while offset < bytes.count {
+            sum &+= base.load(fromByteOffset: offset, as: UInt8.self)
+            offset += pageSize
+        }
+        return sum &+ base.load(fromByteOffset: bytes.count - 1, as: UInt8.self)
+    }
+
     static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 }
 

@@ -59,6 +59,9 @@ public enum ChatFormatError: Error, CustomStringConvertible, Equatable, Sendable
     case prefixNotLast(index: Int)
     /// `prefix` is set on a user or system message; only assistant messages have it.
     case prefixOnNonAssistant(index: Int, role: ChatMessage.Role)
+    /// The tokenizer has chat markers as control tokens (a Mistral v3 tokenizer): its chat
+    /// format is not the v1 format implemented here.
+    case unsupportedTokenizer(controlToken: String, id: Int)
 
     /// A sentence for logs and error responses.
     public var description: String {
@@ -77,6 +80,9 @@ public enum ChatFormatError: Error, CustomStringConvertible, Equatable, Sendable
             "message \(index): an assistant message with prefix = true must be the last message"
         case .prefixOnNonAssistant(let index, let role):
             "message \(index): prefix is only allowed on assistant messages, not \(role.rawValue)"
+        case .unsupportedTokenizer(let token, let id):
+            "this tokenizer has \(token) as control token \(id) (a Mistral v3 tokenizer, tokenizer.model.v3); "
+                + "its chat format is not implemented (only v1's, where [INST] is text): chats are refused, plain completions work"
         }
     }
 }

@@ -5,6 +5,7 @@ import ShoalProtocol
 import ShoalRPC
 import ShoalTestSupport
 import SwiftProtobuf
+import Synchronization
 import Testing
 
 /// Joining, assigning and draining: what a worker and a coordinator accept from each other,
@@ -63,6 +64,54 @@ import Testing
         #expect(joined.pairs.count == 6, "pairs leaving are kept until the next assignment")
         _ = try joined.assign(try Self.assign([(1, 1), (1, 2), (1, 3)], fingerprint: fp))
         #expect(joined.pairs == [(1, 1), (1, 2), (1, 3)].map { ExpertKey(layer: $0.0, expert: $0.1) })
+    }
+
+    /// `--preload`: the held experts' pages are read before the worker serves them, at start and
+    /// for each assignment (only what it then holds), and the progress covers every byte.
+    @Test func preloadReadsWhatIsHeld() throws {
+        let (_, checkpoint, total) = try Self.fixture()
+        let pair = total / 16
+        let reports = Mutex<[(done: Int, total: Int)]>([])
+        let worker = try ExpertWorker(
+            checkpoint: checkpoint, pairs: [ExpertKey(layer: 0, expert: 0), ExpertKey(layer: 1, expert: 7)], threads: 1,
+            name: "preloading", assignableBytes: total, preload: { done, all in reports.withLock { $0.append((done, all)) } },
+            logger: quietLogger)
+        var seen = reports.withLock { $0 }
+        #expect(seen.last.map { $0.done == 2 * pair && $0.total == 2 * pair } == true, "\(seen)")
+        #expect(zip(seen, seen.dropFirst()).allSatisfy { $0.done < $1.done }, "progress only grows")
+        reports.withLock { $0.removeAll() }
+        _ = try worker.assign(try Self.assign([(0, 1), (0, 2), (1, 3)], fingerprint: worker.configFingerprint))
+        seen = reports.withLock { $0 }
+        #expect(seen.last.map { $0.done == 3 * pair && $0.total == 3 * pair } == true, "\(seen)")
+        #expect(seen.count == 9, "three matrices of each of the three pairs")
+    }
+
+    /// Measured read bandwidths within 1.5× of each other count as equal (a short read on a
+    /// shared host varies that much); a worker three times faster carries more.
+    @Test(.timeLimit(.minutes(1))) func onlyAReallyFasterWorkerCarriesMore() async throws {
+        let speeds: [Double] = PlacementController.relativeSpeeds([10e9, 14e9, 30e9, 6e9])
+        let expected: [Double] = [1, 1, 30.0 / 14, 6.0 / 14]
+        #expect(speeds == expected)
+        #expect(PlacementController.relativeSpeeds([0, 5e9]) == [1, 1], "an unmeasured worker counts as the median")
+        let (folder, checkpoint, total) = try Self.fixture()
+        let coordinator = try await offPool { try TestCoordinator(checkpoint: checkpoint, replicas: 0) }
+        let slow = try JoiningWorker(folder: folder, coordinator: coordinator.address, name: "a", memory: total, readBytesPerSecond: 10e9)
+        let alike = try JoiningWorker(folder: folder, coordinator: coordinator.address, name: "b", memory: total, readBytesPerSecond: 13e9)
+        let fast = try JoiningWorker(folder: folder, coordinator: coordinator.address, name: "c", memory: total, readBytesPerSecond: 30e9)
+        let settled = try await offPool {
+            eventually(within: 20) {
+                coordinator.remote.probe()
+                let held = [slow, alike, fast].map(\.worker.pairs.count)
+                return held.reduce(0, +) == 16 && coordinator.controller.status().workers.count { $0.state == "serving" } == 3
+                    && held[2] >= held[0] + 3
+            }
+        }
+        #expect(settled)
+        let (a, b, c) = (slow.worker.pairs.count, alike.worker.pairs.count, fast.worker.pairs.count)
+        #expect(abs(a - b) <= 1, "10 and 13 GB/s hold \(a) and \(b) pairs")
+        #expect(c >= a + 3 && c >= b + 3, "30 GB/s holds \(c), the others \(a) and \(b)")
+        for w in [slow, alike, fast] { await w.kill() }
+        await coordinator.stop()
     }
 
     /// Calls a method of the coordinator's cluster service, returning the answer or the status.

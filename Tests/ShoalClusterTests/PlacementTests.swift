@@ -139,6 +139,28 @@ import Testing
         #expect(after.movedBytes <= 4 * total / 3 + 2 * Self.bf16Pair, "\(after.movedBytes)")
     }
 
+    /// Workers join one, then one, then one, with measured heat ordering the replicas (as a
+    /// serving coordinator plans): at each step every pair is held twice and no worker holds
+    /// more than two pairs beyond another.
+    @Test func replicasStayBalancedAsWorkersJoinOneByOne() {
+        var rng = SplitMix64(seed: 7)
+        let heat = (0..<32).map { _ in (0..<8).map { _ in Double(rng.next() % 1000) } }
+        let planner = PlacementPlanner(pairBytes: Self.mixtralBF16, replicas: 1)
+        var workers: [PlacementPlanner.Worker] = []
+        var current: [[[Int]]]? = nil
+        for n in 1...4 {
+            workers.append(PlacementPlanner.Worker(name: "w\(n)", memoryBytes: 200 * Self.gib))
+            let plan = planner.plan(workers, heat: heat, current: current)
+            Self.check(plan, workers, planner, "\(n) workers")
+            if n > 1 {
+                #expect(plan.replicatedPairs == 256, "\(n) workers")
+                let spread = plan.usedBytes.max()! - plan.usedBytes.min()!
+                #expect(spread <= 2 * Self.bf16Pair, "\(n) workers hold \(plan.usedBytes.map { $0 / Self.bf16Pair }) pairs")
+            }
+            current = plan.holders
+        }
+    }
+
     @Test func hotExpertsGetTheReplicasFirst() {
         let workers = (0..<2).map { PlacementPlanner.Worker(name: "w\($0)", memoryBytes: 46 * Self.gib) }
         var heat = Array(repeating: Array(repeating: 1.0, count: 8), count: 32)

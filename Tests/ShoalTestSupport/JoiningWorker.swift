@@ -17,7 +17,7 @@ public final class JoiningWorker: @unchecked Sendable {
     private let ended = DispatchSemaphore(value: 0)
     private let result = Mutex<JoinClient.Outcome?>(nil)
 
-    public init(folder: String, coordinator: String, name: String, memory: Int) throws {
+    public init(folder: String, coordinator: String, name: String, memory: Int, readBytesPerSecond: Double = 10e9) throws {
         let checkpoint = try Checkpoint(folder: folder)
         worker = try ExpertWorker(checkpoint: checkpoint, pairs: [], threads: 1, name: name,
                                   assignableBytes: memory, logger: quietLogger)
@@ -25,7 +25,7 @@ public final class JoiningWorker: @unchecked Sendable {
         address = "127.0.0.1:\(server.port)"
         membership = JoinClient(
             coordinator: coordinator, security: .insecure, worker: worker,
-            offer: .init(address: address, name: name, memoryBytes: memory, readBytesPerSecond: 10e9),
+            offer: .init(address: address, name: name, memoryBytes: memory, readBytesPerSecond: readBytesPerSecond),
             log: quietLogger)
         Thread.detachNewThread { [self] in
             let outcome = membership.run()

@@ -65,3 +65,22 @@ import Testing
         }
     }
 }
+
+/// A Mistral v3 tokenizer (`[INST]` and `[/INST]` are control tokens 3 and 4, as in
+/// mistral_common's v3 vocabulary): its chat format is not v1's, so chats are refused by name
+/// rather than encoded with `[INST]` as text; plain text still encodes.
+@Suite struct V3TokenizerTests {
+    @Test func aV3TokenizerRefusesChatsAndEncodesText() throws {
+        var pieces: [(piece: String, score: Float, type: PieceType)] = [
+            ("<unk>", 0, .unknown), ("<s>", 0, .control), ("</s>", 0, .control),
+            ("[INST]", 0, .control), ("[/INST]", 0, .control),
+        ]
+        for byte in 0..<256 { pieces.append((bytePiece(byte), 0, .byte)) }
+        pieces += [("▁", -1, .normal), ("h", -2, .normal), ("i", -3, .normal), ("▁h", -4, .normal), ("▁hi", -5, .normal)]
+        let v3 = try SentencePieceTokenizer(modelData: SentencePieceModelWriter.serialize(pieces: pieces))
+        #expect(throws: ChatFormatError.unsupportedTokenizer(controlToken: "[INST]", id: 3)) {
+            try v3.encodeChat([ChatMessage(role: .user, content: "hi")])
+        }
+        #expect(v3.encode("hi", bos: true, eos: false) == [1, pieces.firstIndex { $0.piece == "▁hi" }!])
+    }
+}
