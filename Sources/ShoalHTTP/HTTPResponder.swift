@@ -65,8 +65,10 @@ public final class HTTPResponder {
         if chunked { try send(Array("0\r\n\r\n".utf8)) }
     }
 
-    /// Whether the client closed or reset the connection; never blocks. For a handler that
-    /// waits without writing, to notice that nobody awaits the answer.
+    /// Whether the connection was reset or failed; never blocks. For a handler that waits
+    /// without writing, to notice that nobody awaits the answer. A client that only shut down
+    /// its sending side after its request (a half-close) is not gone: it still reads the
+    /// answer. One that closed outright is seen as gone once a write draws its reset.
     public var clientIsGone: Bool { peerIsGone(fd) }
 
     /// The server's own answer to a refused request, an OpenAI-shaped error object.

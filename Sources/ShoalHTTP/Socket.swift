@@ -4,10 +4,6 @@ import Glibc
 
 // The POSIX socket calls the server makes, each turned into a Swift result or error.
 
-/// Linux's POLLRDHUP (the peer shut down its writing side), which Glibc's module map hides
-/// behind _GNU_SOURCE.
-private let pollReadHangUp: Int16 = 0x2000
-
 /// Binds and listens on `host:port` (port 0: any free port), trying each address getaddrinfo
 /// gives; returns the descriptor (non-blocking, close-on-exec) and the bound port.
 func listeningSocket(host: String, port: Int, backlog: Int32 = 128) throws(HTTPError) -> (fd: Int32, port: Int) {
@@ -86,12 +82,16 @@ func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws(HTTPError) {
 /// Whether the peer closed, reset or half-closed the connection, without blocking and
 /// without consuming anything it sent.
 func peerIsGone(_ fd: Int32) -> Bool {
-    var entry = pollfd(fd: fd, events: Int16(POLLIN) | pollReadHangUp, revents: 0)
+    var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
     guard poll(&entry, 1, 0) > 0 else { return false }
-    if entry.revents & (Int16(POLLHUP) | Int16(POLLERR) | pollReadHangUp) != 0 { return true }
+    if entry.revents & (Int16(POLLHUP) | Int16(POLLERR)) != 0 { return true }
     var byte: UInt8 = 0
     let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+    // n == 0 is an end of stream: the client shut down its writing side, which a client that
+    // sent its whole request may do and still read the answer (HTTP/1.1 allows it). Only a
+    // reset or an error says nobody will read; a client that closed outright is found at the
+    // next write, whose bytes it answers with a reset.
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR
 }
 
 /// Waits until `fd` is readable or `deadline` passes; returns false on timeout.

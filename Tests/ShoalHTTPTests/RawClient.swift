@@ -30,13 +30,14 @@ final class RawClient {
 
     let fd: Int32
     private var buffer: [UInt8] = []
+    private var closed = false
 
     /// - Parameter source: the loopback address to connect from (127.0.0.2, …): another client.
     init(port: Int, timeout: Duration = .seconds(5), from source: String? = nil) throws {
         fd = try connectToLoopback(port: port, timeoutSeconds: Int(timeout.components.seconds), from: source)
     }
 
-    deinit { Glibc.close(fd) }
+    deinit { if !closed { Glibc.close(fd) } }
 
     func send(_ text: String) throws { try send(Array(text.utf8)) }
 
@@ -51,6 +52,15 @@ final class RawClient {
 
     /// Stops sending and receiving; the server sees the connection end.
     func hangUp() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    /// Shuts down only the sending side, as a client that sent its whole request may.
+    func halfClose() { shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Resets the connection (SO_LINGER 0, then close): the server sees it gone at once.
+    func reset() {
+        resetConnection(fd)
+        closed = true
+    }
 
     /// Reads more bytes into the buffer; false at end of stream.
     private func fill() throws -> Bool {
@@ -162,4 +172,12 @@ let echo: HTTPServer.Handler = { request, responder in
     ]
     let body = try! JSONSerialization.data(withJSONObject: object)
     try? responder.respond(status: 200, headers: [("Content-Type", "application/json")], body: Array(body))
+}
+
+/// Closes `fd` with a reset rather than a FIN (SO_LINGER 0), as a client that crashed or was
+/// killed leaves its connections.
+func resetConnection(_ fd: Int32) {
+    var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+    Glibc.close(fd)
 }

@@ -83,8 +83,30 @@ struct StreamingTests {
             let client = try RawClient(port: server.port)
             try client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
             usleep(100_000)
-            client.hangUp()
+            client.reset()
             #expect(noticed.wait(upTo: .seconds(5)))
+        }
+    }
+
+    /// A client that shuts down its sending side after the request is not gone: it reads the
+    /// answer (it got none at all before).
+    @Test func halfClosedClientIsNotGoneAndReadsTheAnswer() throws {
+        let thoughtGone = Flag()
+        let handler: HTTPServer.Handler = { _, responder in
+            let end = ContinuousClock.now + .milliseconds(500)
+            while ContinuousClock.now < end {
+                if responder.clientIsGone { thoughtGone.set() }
+                usleep(10_000)
+            }
+            try? responder.respond(status: 200, headers: [("Content-Type", "text/plain")], body: Array("still here".utf8))
+        }
+        try withServer(handler: handler) { server in
+            let client = try RawClient(port: server.port)
+            try client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            client.halfClose()
+            let response = try client.readResponse()
+            #expect(response.status == 200 && response.text == "still here")
+            #expect(!thoughtGone.isSet, "a half-closed client was taken for gone")
         }
     }
 

@@ -25,6 +25,8 @@ final class ScriptedService: GenerationService {
         case endless
         /// Sends nothing; the client must give up.
         case silent
+        /// Sends these events after a pause.
+        case delayed(Duration, [GenerationEvent])
     }
 
     let tokenizer: SentencePieceTokenizer
@@ -60,6 +62,12 @@ final class ScriptedService: GenerationService {
             }
         case .silent:
             break
+        case .delayed(let pause, let events):
+            Thread.detachNewThread { [self] in
+                let end = ContinuousClock.now + pause
+                while !cancelled, ContinuousClock.now < end { usleep(5_000) }
+                if !cancelled { events.forEach(onEvent) }
+            }
         }
         return Ticket(service: self)
     }
@@ -123,12 +131,13 @@ final class APIClient {
 
     private let fd: Int32
     private var received: [UInt8] = []
+    private var closed = false
 
     init(port: Int) throws {
         fd = try connectToLoopback(port: port)
     }
 
-    deinit { Glibc.close(fd) }
+    deinit { if !closed { Glibc.close(fd) } }
 
     /// One request and its whole response.
     static func request(port: Int, _ method: String, _ path: String, json: Any? = nil,
@@ -162,8 +171,22 @@ final class APIClient {
         }
     }
 
-    /// Closes the connection, as a client that gives up does.
-    func hangUp() { shutdown(fd, Int32(SHUT_RDWR)) }
+    /// Closes the connection, as a client that gives up does (the server learns it when it
+    /// next writes, from the reset its bytes draw).
+    func hangUp() {
+        Glibc.close(fd)
+        closed = true
+    }
+
+    /// Resets the connection (SO_LINGER 0): gone at once, as a killed client.
+    func reset() {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        hangUp()
+    }
+
+    /// Shuts down only the sending side, after a whole request: the answer must still come.
+    func halfClose() { shutdown(fd, Int32(SHUT_WR)) }
 
     /// The response, read until the server closes.
     func readResponse() throws -> APIResponse {

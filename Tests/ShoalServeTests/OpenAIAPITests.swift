@@ -262,8 +262,23 @@ struct OpenAIAPITests {
             try client.send("POST", "/v1/completions", body: Array(#"{"prompt": "x"}"#.utf8))
             let end = ContinuousClock.now + .seconds(5)
             while service.requests.isEmpty, ContinuousClock.now < end { usleep(5_000) }
-            client.hangUp()
+            client.reset()
             #expect(service.waitForCancel(upTo: .seconds(5)))
+        }
+    }
+
+    /// A valid request whose client then shuts down its sending side gets its answer (it got
+    /// no reply at all before: the half-close was taken for a client gone).
+    @Test func halfClosedClientGetsItsAnswer() throws {
+        let service = try ScriptedService(.delayed(.milliseconds(400), [.delta(ids: [5], text: "abc"), .finished(scriptedSummary("abc", .length))]))
+        try withAPI(service) { port in
+            let client = try APIClient(port: port)
+            try client.send("POST", "/v1/completions", body: Array(#"{"prompt": "x"}"#.utf8))
+            client.halfClose()
+            let response = try client.readResponse()
+            #expect(response.status == 200, "\(response.status)")
+            #expect(((response.json["choices"] as? [[String: Any]])?.first?["text"] as? String) == "abc")
+            #expect(!service.cancelled)
         }
     }
 }

@@ -17,7 +17,9 @@ import urllib.request
 import serve
 
 shoal, model = sys.argv[1], sys.argv[2]
-proc, base, _ = serve.start_serve(shoal, model, ["--max-batch", "8", "--max-queue", "64"])
+# A mutated request may stay valid without its max_tokens (a mangled key is ignored): it is
+# answered, half-close or not, so the default is kept short for the fuzz loop below.
+proc, base, _ = serve.start_serve(shoal, model, ["--max-batch", "8", "--max-queue", "64", "--default-max-tokens", "16"])
 host, port = base.removeprefix("http://").rsplit(":", 1)
 port = int(port)
 
