@@ -37,9 +37,16 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             if let workers { return try runCluster(workers: workers) }
-            let engine = try Engine(folder: model, threads: threads)
+            // The experts made here, so their bytes read are counted without reaching through
+            // the engine's `ExpertBackend`.
+            nonisolated(unsafe) var made: LocalExperts?
+            let engine = try Engine(folder: model, threads: threads) { checkpoint, pool in
+                let experts = LocalExperts(store: try ExpertStore.load(checkpoint), pool: pool)
+                made = experts
+                return experts
+            }
             let m = engine.model, config = m.config
-            let local = m.experts as? LocalExperts
+            let local = made
             var rng = Xoshiro256(seed: 7)
             let prompt = (0..<promptTokens).map { _ in 3 + Int(rng.next() % UInt64(config.vocabSize - 3)) }
             let cache = KVCache(config: config, capacity: promptTokens + genTokens)
@@ -118,10 +125,9 @@ extension BenchCommand {
         let addresses = try fleet.startSplit(folder: model, experts: config.experts, workers: workers,
                                              threads: workerThreads, cpus: plan.workers,
                                              tls: certificates?.workerFolder, name: "bench-worker")
-        let cluster = try clusterEngine(folder: model, threads: threads, cpus: plan.coordinator,
-                                        workers: addresses, wire: wireDType.value,
-                                        security: certificates?.coordinator.security ?? .insecure)
-        let remote = cluster.model.experts as! RemoteExperts
+        let (cluster, remote) = try clusterEngine(folder: model, threads: threads, cpus: plan.coordinator,
+                                                  workers: addresses, wire: wireDType.value,
+                                                  security: certificates?.coordinator.security ?? .insecure)
 
         var rng = Xoshiro256(seed: 7)
         let prompt = (0..<promptTokens).map { _ in 3 + Int(rng.next() % UInt64(config.vocabSize - 3)) }

@@ -58,7 +58,7 @@ struct ClusterOptions: ParsableArguments {
     /// `startWithMissingPairs`) this waits up to `--join-wait` for workers to hold every pair.
     func coordinator(folder: String, threads: Int, startWithMissingPairs: Bool = false) throws -> Coordinator {
         guard placement == .auto else {
-            return Coordinator(engine: try engine(folder: folder, threads: threads, startWithMissingPairs: startWithMissingPairs))
+            return try fixedCoordinator(folder: folder, threads: threads, startWithMissingPairs: startWithMissingPairs)
         }
         let node = try NodeSecurity(tls: tls, insecure: insecure)
         if let warning = try node.checkPlaintext([clusterListen], role: "--cluster-listen") { printErr(warning) }
@@ -89,7 +89,7 @@ struct ClusterOptions: ParsableArguments {
                 Thread.sleep(forTimeInterval: 0.05)
             }
         }
-        return Coordinator(engine: engine, elastic: elastic)
+        return Coordinator(engine: engine, remote: remote, elastic: elastic)
     }
 
     private func remoteOptions(security: RPCSecurity) -> RemoteExperts.Options {
@@ -101,18 +101,18 @@ struct ClusterOptions: ParsableArguments {
         return options
     }
 
-    /// Loads `folder` for generation, with remote experts when `--workers` is given.
-    /// `startWithMissingPairs`: a service starts before its workers are all up.
-    func engine(folder: String, threads: Int, startWithMissingPairs: Bool = false) throws -> Engine {
+    /// Loads `folder` with its experts on `--workers` (fixed placement).
+    private func fixedCoordinator(folder: String, threads: Int, startWithMissingPairs: Bool) throws -> Coordinator {
         let cpus = try parseCPUs(cpus)
         guard let addresses = try addresses() else {
-            return try Engine(folder: folder, threads: threads, cpus: cpus, quantize: quantize)
+            return Coordinator(engine: try Engine(folder: folder, threads: threads, cpus: cpus, quantize: quantize))
         }
         let node = try NodeSecurity(tls: tls, insecure: insecure)
         if let warning = try node.checkPlaintext(addresses, role: "--workers") { printErr(warning) }
-        return try clusterEngine(folder: folder, threads: threads, cpus: cpus, quantize: quantize, workers: addresses,
-                                 wire: wireDType.value, security: node.security, timeoutSeconds: rpcTimeout,
-                                 startWithMissingPairs: startWithMissingPairs)
+        let (engine, remote) = try clusterEngine(
+            folder: folder, threads: threads, cpus: cpus, quantize: quantize, workers: addresses, wire: wireDType.value,
+            security: node.security, timeoutSeconds: rpcTimeout, startWithMissingPairs: startWithMissingPairs)
+        return Coordinator(engine: engine, remote: remote)
     }
 
     static func isHostPort(_ s: String) -> Bool {
@@ -122,20 +122,26 @@ struct ClusterOptions: ParsableArguments {
     }
 }
 
-/// A coordinator over `folder` whose experts are on `workers`; warnings go to stderr.
+/// A coordinator over `folder` whose experts are on `workers`, and those remote experts (what
+/// statistics, coverage and probes are read from); warnings go to stderr.
 func clusterEngine(folder: String, threads: Int, cpus: [Int] = [], quantize: QuantizationMix? = nil, workers: [String], wire: WireDType,
-                   security: RPCSecurity = .insecure, timeoutSeconds: Double = 30, startWithMissingPairs: Bool = false) throws -> Engine {
+                   security: RPCSecurity = .insecure, timeoutSeconds: Double = 30,
+                   startWithMissingPairs: Bool = false) throws -> (engine: Engine, remote: RemoteExperts) {
     var options = RemoteExperts.Options()
     options.startWithMissingPairs = startWithMissingPairs
     options.wireDType = wire
     options.security = security
     options.timeout = .milliseconds(Int64(timeoutSeconds * 1000))
     options.helloTimeout = min(options.timeout, .seconds(10))
-    return try Engine(folder: folder, threads: threads, cpus: cpus, quantize: quantize) { checkpoint, pool in
-        try RemoteExperts(checkpoint: checkpoint, workers: workers, options: options, pool: pool) {
+    nonisolated(unsafe) var made: RemoteExperts?
+    let engine = try Engine(folder: folder, threads: threads, cpus: cpus, quantize: quantize) { checkpoint, pool in
+        let remote = try RemoteExperts(checkpoint: checkpoint, workers: workers, options: options, pool: pool) {
             printErr("warning: \($0)")
         }
+        made = remote
+        return remote
     }
+    return (engine, made!)
 }
 
 /// A `--cpus` list (`0,2-3`), each CPU one this process may run on; empty when not given.
@@ -190,5 +196,8 @@ struct Coordinator {
     }
 
     let engine: Engine
+    /// The engine's experts when they are on workers: the typed handle for statistics,
+    /// coverage and probes (the engine itself only knows an `ExpertBackend`).
+    var remote: RemoteExperts?
     var elastic: Elastic?
 }

@@ -90,10 +90,9 @@ struct DemoCommand: ParsableCommand {
 
             let parameters = GenerationParameters(maxTokens: maxTokens, ignoreEOS: true)
             say("\n== \(workers) workers on loopback, mutual TLS, \(wireDType.rawValue) wire: \(prompt)", terminator: "")
-            let remoteEngine = try clusterEngine(folder: folder, threads: threads, cpus: plan.coordinator,
-                                                 workers: addresses, wire: wireDType.value,
-                                                 security: certificates.coordinator.security)
-            let remote = remoteEngine.model.experts as! RemoteExperts
+            let (remoteEngine, remote) = try clusterEngine(folder: folder, threads: threads, cpus: plan.coordinator,
+                                                           workers: addresses, wire: wireDType.value,
+                                                           security: certificates.coordinator.security)
             let ids = remoteEngine.tokenizer.encode(prompt, bos: true)
             let clustered = try remoteEngine.generator.generate(prompt: ids, parameters: parameters) { piece in
                 FileHandle.standardOutput.write(Data(piece.utf8))
@@ -129,7 +128,7 @@ struct DemoCommand: ParsableCommand {
             options.http = "127.0.0.1:0"
             options.grpc = nil
             options.modelName = "demo"
-            let server = try PromptServer(engine: remoteEngine, options: options)
+            let server = try PromptServer(engine: remoteEngine, cluster: remote, options: options)
             defer { server.shutdown(grace: .zero) }
             say("\n== shoal serve on http://127.0.0.1:\(server.httpPort!) over the same workers: "
                 + "streams of \(maxTokens) greedy tokens at once (tokens/s: all streams, prefill included)")
@@ -161,8 +160,8 @@ struct DemoCommand: ParsableCommand {
         say("\n== the same with \(mix.rawValue) weights (\(path))")
         for (i, line) in fleet.readyLines.enumerated() { say("worker \(i): \(line)") }
         say("\n== \(workers) workers holding \(mix.rawValue) experts, \(wireDType.rawValue) wire: \(prompt)", terminator: "")
-        let engine = try clusterEngine(folder: path, threads: threads, cpus: plan.coordinator, workers: addresses,
-                                       wire: wireDType.value, security: security)
+        let (engine, _) = try clusterEngine(folder: path, threads: threads, cpus: plan.coordinator, workers: addresses,
+                                            wire: wireDType.value, security: security)
         let clustered = try engine.generator.generate(prompt: ids, parameters: parameters) { piece in
             FileHandle.standardOutput.write(Data(piece.utf8))
         }

@@ -80,7 +80,7 @@ struct GenerateCommand: ParsableCommand {
                 format: "prefill: %d tokens, %.1f tokens/s; decode: %d tokens, %.1f tokens/s; finish: %@",
                 result.promptTokens, result.prefillTokensPerSecond, result.ids.count,
                 result.decodeTokensPerSecond, result.finishReason.rawValue))
-            if let remote = engine.model.experts as? RemoteExperts {
+            if let remote = coordinator.remote {
                 printErr("decode " + remote.stats.summary { $0.tokens == 1 }.line)
             }
         }

@@ -106,7 +106,7 @@ struct ServeCommand: ParsableCommand {
                     return HTTPAccess.defaultHosts(listening: host, extra: extra)!
                 },
                 corsOrigins: corsOrigin)
-            let server = try PromptServer(engine: engine, options: options, log: log)
+            let server = try PromptServer(engine: engine, cluster: coordinator.remote, options: options, log: log)
             if let controller = coordinator.elastic?.controller {
                 let metrics = server.metrics
                 controller.setHeat { metrics.expertHeat() }
@@ -115,7 +115,7 @@ struct ServeCommand: ParsableCommand {
             let experts = if let elastic = coordinator.elastic {
                 "experts placed on workers that join at \(elastic.address), \(cluster.replicas) replica(s) where memory allows; /health is 503 until they hold every expert"
             } else {
-                (engine.model.experts as? RemoteExperts).map { remote in
+                coordinator.remote.map { remote in
                     "\(remote.workers.count) workers" + (remote.coverage.isComplete ? "" : ", some pairs not served yet: /health is 503")
                 } ?? "local experts"
             }

@@ -40,9 +40,11 @@ public final class PromptServer: @unchecked Sendable {
     /// Starts serving `engine`: the scheduler's thread first, then the listeners.
     /// - Throws: `ServeError.badAddress` for an unusable `host:port`, or the listener's
     ///   own error when it cannot bind; nothing keeps running then.
-    public init(engine: Engine, options: Options, log: Logger = Logger(label: "shoal.serve")) throws {
+    /// - Parameter remote: the engine's experts when they are on workers (its metrics, health
+    ///   and idle probes come from them); nil for experts in this process.
+    public init(engine: Engine, cluster remote: RemoteExperts? = nil, options: Options,
+                log: Logger = Logger(label: "shoal.serve")) throws {
         let config = engine.model.config
-        let remote = engine.model.experts as? RemoteExperts
         metrics = ServeMetrics(layers: config.layers, experts: config.experts,
                                workers: remote?.workers.map(\.address) ?? [])
         if let remote {

@@ -48,7 +48,7 @@ import Testing
             serveOptions.http = "127.0.0.1:0"
             serveOptions.grpc = nil
             serveOptions.scheduler.stepTokens = 16  // prompts in chunks, between decode steps
-            return try PromptServer(engine: engine, options: serveOptions)
+            return try PromptServer(engine: engine, cluster: engine.model.experts as? RemoteExperts, options: serveOptions)
         }
         let port = try #require(server.httpPort)
 
