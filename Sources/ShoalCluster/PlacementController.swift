@@ -297,18 +297,23 @@ public final class PlacementController: @unchecked Sendable {
     /// is not a member). Runs on `queue`.
     private func strandedWithout(_ address: String) -> [ExpertKey]? {
         let snapshot = members.withLock { $0 }
-        let others = snapshot.filter { [.joining, .serving].contains($0.state) && $0.address != address }
-        let c = checkpoint.config
-        var current = Array(repeating: Array(repeating: [Int](), count: c.experts), count: c.layers)
-        for (j, m) in others.enumerated() {
-            for p in m.held { current[p.layer][p.expert].append(j) }
-        }
-        let speeds = Self.relativeSpeeds(others.map(\.speed))
-        let plan = planner.plan(others.indices.map { PlacementPlanner.Worker(name: others[$0].address, memoryBytes: others[$0].memoryBytes,
-                                                                             speed: speeds[$0]) },
-                                current: current)
+        let plan = self.plan(snapshot.filter { [.joining, .serving].contains($0.state) && $0.address != address }, heat: nil)
         let routedNow = Set(snapshot.flatMap(\.routed))
         return plan.unplaced.filter { routedNow.contains($0) }
+    }
+
+    /// The planner's plan for `workers` (indices in the plan are theirs), starting from what
+    /// each holds, with their speeds relative to one another.
+    private func plan(_ workers: [Member], heat measured: [[Double]]?) -> PlacementPlanner.Plan {
+        let c = checkpoint.config
+        var current = Array(repeating: Array(repeating: [Int](), count: c.experts), count: c.layers)
+        for (j, m) in workers.enumerated() {
+            for p in m.held { current[p.layer][p.expert].append(j) }
+        }
+        let speeds = Self.relativeSpeeds(workers.map(\.speed))
+        return planner.plan(
+            workers.indices.map { PlacementPlanner.Worker(name: workers[$0].address, memoryBytes: workers[$0].memoryBytes, speed: speeds[$0]) },
+            heat: measured?.count == c.layers ? measured : nil, current: current)
     }
 
     /// One re-placement `delay` from now, unless one is pending already (it will see this
@@ -344,18 +349,7 @@ public final class PlacementController: @unchecked Sendable {
             let snapshot = members.withLock { $0 }
             let active = snapshot.indices.filter { [.joining, .serving].contains(snapshot[$0].state) }
             let c = checkpoint.config
-            var current = Array(repeating: Array(repeating: [Int](), count: c.experts), count: c.layers)
-            for (j, i) in active.enumerated() {
-                for p in snapshot[i].held { current[p.layer][p.expert].append(j) }
-            }
-            let measured = heat.withLock { $0 }?()
-            let speeds = Self.relativeSpeeds(active.map { snapshot[$0].speed })
-            let plan = planner.plan(
-                active.indices.map { j in
-                    PlacementPlanner.Worker(name: snapshot[active[j]].address, memoryBytes: snapshot[active[j]].memoryBytes,
-                                            speed: speeds[j])
-                },
-                heat: measured?.count == c.layers ? measured : nil, current: current)
+            let plan = self.plan(active.map { snapshot[$0] }, heat: heat.withLock { $0 }?())
             var target = Array(repeating: [ExpertKey](), count: snapshot.count)
             for l in 0..<c.layers {
                 for e in 0..<c.experts {

@@ -55,7 +55,7 @@ extension SentencePieceTokenizer {
     public func encodeChat(_ messages: [ChatMessage]) throws -> [Int] {
         // A v3 tokenizer (`tokenizer.model.v3`) has `[INST]` as a control token: its chat
         // format puts control ids where v1 puts text, so v1's encoding would be wrong for it.
-        if let marker = types.indices.first(where: { types[$0] == .control && pieces[$0] == "[INST]" }) {
+        if let marker = chatMarkerControlId {
             throw ChatFormatError.unsupportedTokenizer(controlToken: pieces[marker], id: marker)
         }
         try ChatFormatV1.validate(messages)

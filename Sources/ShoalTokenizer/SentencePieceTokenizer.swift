@@ -10,6 +10,9 @@ public final class SentencePieceTokenizer: Sendable {
     let pieces: [String]
     let scores: [Float]
     let types: [PieceType]
+    /// The id of a control piece `[INST]` (a Mistral v3 vocabulary), whose chat format is not
+    /// v1's; found once at load.
+    let chatMarkerControlId: Int?
 
     /// What each id decodes to: the piece's UTF-8 with `▁` replaced by a space
     /// (control pieces: empty; `<unk>`: the unknown surface; byte pieces: unused).
@@ -106,6 +109,7 @@ public final class SentencePieceTokenizer: Sendable {
         pieces = model.pieces.map(\.piece)
         scores = model.pieces.map(\.score)
         types = model.pieces.map(\.type)
+        chatMarkerControlId = model.pieces.firstIndex { $0.type == .control && $0.piece == "[INST]" }
         byteValues = vocabulary.byteValues
         byteIds = model.byteFallback ? vocabulary.byteIds : []
         mergeable = vocabulary.mergeable
