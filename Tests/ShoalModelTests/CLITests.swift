@@ -95,6 +95,22 @@ import ShoalTensor
         #expect(long.status == 1 && long.stderr.contains("context holds 32768"))
     }
 
+    /// Elastic placement's flags refuse what does not go together, before anything starts.
+    @Test func placementFlagsRefuseBadCombinations() throws {
+        let model = try Fixtures.path("models/tiny-f32/hf")
+        for (arguments, says) in [
+            (["worker", "--model", model, "--experts", "0-3", "--join", "127.0.0.1:1"], "give either --experts SPEC"),
+            (["worker", "--model", model], "give either --experts SPEC"),
+            (["worker", "--model", model, "--join", "127.0.0.1:1", "--memory", "lots"], "--memory lots: expected a size like 12GiB"),
+            (["worker", "--model", model, "--experts", "0-3", "--memory", "1GiB"], "--memory and --advertise go with --join"),
+            (["serve", "--model", model, "--placement", "auto", "--workers", "127.0.0.1:1"], "--workers and --placement auto"),
+            (["serve", "--model", model, "--placement", "sideways"], "--placement"),
+        ] {
+            let r = try shoal(arguments)
+            #expect(r.status == 64 && r.stderr.contains(says), "\(arguments): \(r.status) \(r.stderr)")
+        }
+    }
+
     @Test func synthRefusesBadOptions() throws {
         let dir = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(atPath: dir) }
