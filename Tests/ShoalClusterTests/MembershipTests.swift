@@ -103,7 +103,7 @@ import Testing
                 coordinator.remote.probe()
                 let held = [slow, alike, fast].map(\.worker.pairs.count)
                 return held.reduce(0, +) == 16 && coordinator.controller.status().workers.count { $0.state == "serving" } == 3
-                    && held[2] >= held[0] + 3
+                    && held[2] >= held[0] + 3 && abs(held[0] - held[1]) <= 1
             }
         }
         #expect(settled)
