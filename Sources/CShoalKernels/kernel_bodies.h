@@ -187,6 +187,7 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
                 if (bb > 192) __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH + 192, 0, 3);
                 decode_head(wt, w + i * step + offset, &head[i]);
             }
+            if (wt == SHOAL_W_Q4_K) keep_in_memory(head);
             if (wt == SHOAL_W_Q6_K) {
                 q6K_block(w + offset, step, S, head, x + k, acc);
                 continue;
