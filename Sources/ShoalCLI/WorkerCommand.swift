@@ -25,7 +25,7 @@ struct WorkerCommand: ParsableCommand {
 
     @Option(help: "Model folder (Hugging Face or Mistral layout) or GGUF file.") var model: String
     @Option(help: "Experts to serve: EXPERTS[@LAYERS][,…] (not with --join).") var experts: String?
-    @Option(help: "Join a coordinator started with --placement auto, at its --cluster-listen HOST:PORT: it assigns the experts.")
+    @Option(help: "Join a coordinator started with --placement auto, at its --cluster-listen HOST:PORT: it assigns the experts. Off loopback it needs --tls (or --insecure).")
     var join: String?
     @Option(help: "With --join: bytes of expert weights to offer, e.g. 12GiB (default: what the host has available, minus a tenth of its memory, at least 1 GiB).")
     var memory: String?
@@ -35,7 +35,7 @@ struct WorkerCommand: ParsableCommand {
     var listen = "127.0.0.1:50051"
     @Option(help: "Folder with this node's identity (shoal certs issue): accept only coordinators the same authority signed, over mutual TLS.")
     var tls: String?
-    @Flag(help: "Allow listening off loopback without --tls: plaintext, and anyone who reaches the port can use it.")
+    @Flag(help: "Allow listening (or joining) off loopback without --tls: plaintext, and anyone who reaches the port can use it.")
     var insecure = false
     @Option(help: "Compute threads (default: one per core).") var threads = Engine.defaultThreads
     @Option(help: "Most tokens one call may carry.") var maxTokens = 4096
@@ -68,6 +68,9 @@ struct WorkerCommand: ParsableCommand {
             let logger = Logger(label: "shoal.worker")
             let node = try NodeSecurity(tls: tls, insecure: insecure)
             if let warning = try node.checkPlaintext([listen], role: "--listen") { printErr(warning) }
+            // The coordinator it joins assigns its experts and gets its hidden states: the same
+            // rule as the coordinator's own --workers.
+            if let join, let warning = try node.checkPlaintext([join], role: "--join") { printErr(warning) }
             let checkpoint = try Checkpoint(folder: model, quantize: quantize)
             let config = checkpoint.config
             let pairs = try experts.map { try ExpertSpec($0).pairs(layers: config.layers, experts: config.experts) } ?? []

@@ -263,6 +263,9 @@ import Testing
         let coordinator = try CLITests().shoal(["generate", "--model", model, "--ids", "1", "--workers", "10.1.2.3:5"])
         #expect(coordinator.status == 1 && coordinator.stderr.contains("--workers 10.1.2.3:5 is not loopback"),
                 "\(coordinator.stderr)")
+        let joining = try CLITests().shoal(["worker", "--model", model, "--join", "10.1.2.3:50050"])
+        #expect(joining.status == 1 && joining.stderr.contains("--join 10.1.2.3:50050 is not loopback: give --tls DIR"),
+                "\(joining.stderr)")
         let missing = try CLITests().shoal(["worker", "--model", model, "--experts", "0-7", "--tls", "/nonexistent"])
         #expect(missing.status == 1 && missing.stderr.contains("/nonexistent/ca.pem: no such file"), "\(missing.stderr)")
     }
