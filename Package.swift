@@ -39,7 +39,7 @@ let package = Package(
         ),
         // The wire contract: messages generated from Protos/ (scripts/generate-protos), the
         // activation codec, and validation of every field a peer sends.
-        .target(name: "ShoalProtocol", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .target(name: "ShoalProtocol", dependencies: ["ShoalTensor", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // Storage, dtypes, safetensors, the compute pool and the kernels' Swift surface.
         .target(name: "ShoalTensor", dependencies: ["CShoalKernels"]),
         // SentencePiece BPE and the Mistral v1 chat format.

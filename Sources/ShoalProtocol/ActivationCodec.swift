@@ -1,33 +1,13 @@
 import Foundation
+import ShoalTensor
 
 /// Converts activations between `Float` and their wire bytes: row-major, little-endian on
-/// every host, in f32 (bit-exact) or bf16 (round to nearest even).
+/// every host, in f32 (bit-exact) or bf16 (round to nearest even: `floatToBF16`, the same
+/// rounding the checkpoints' bf16 weights get).
 ///
 /// Decoding writes straight into a caller's buffer, so a worker's run state receives a
 /// request's activations with no intermediate array.
 public enum ActivationCodec {
-    // MARK: - Scalars
-
-    /// bf16 bits of `x`, rounded to nearest even.
-    ///
-    /// Adding 0x7FFF plus the lowest kept bit, then truncating, is round-to-nearest-even on
-    /// the binary32 bit pattern; a carry out of the mantissa correctly bumps the exponent,
-    /// up to infinity. NaN skips the rounding (it could carry a NaN into infinity) and keeps
-    /// its sign with the quiet bit set, so a truncated payload never turns it into infinity.
-    @inlinable
-    public static func bf16Bits(_ x: Float) -> UInt16 {
-        let bits = x.bitPattern
-        if x.isNaN { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
-        let rounding: UInt32 = 0x7FFF + ((bits >> 16) & 1)
-        return UInt16(truncatingIfNeeded: (bits &+ rounding) >> 16)
-    }
-
-    /// The `Float` that bf16 bits stand for (exact: every bf16 value is a binary32 value).
-    @inlinable
-    public static func float(bf16Bits bits: UInt16) -> Float {
-        Float(bitPattern: UInt32(bits) << 16)
-    }
-
     // MARK: - Encode
 
     /// Writes `values` into `out` as `dtype`; `out.count` must be `values.count × dtype.byteWidth`.
@@ -45,7 +25,7 @@ public enum ActivationCodec {
             }
         case .bf16:
             for (i, x) in values.enumerated() {
-                out.storeBytes(of: bf16Bits(x).littleEndian, toByteOffset: i * 2, as: UInt16.self)
+                out.storeBytes(of: floatToBF16(x).littleEndian, toByteOffset: i * 2, as: UInt16.self)
             }
         }
     }
@@ -85,7 +65,7 @@ public enum ActivationCodec {
         case .bf16:
             for i in out.indices {
                 let bits = UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
-                out[i] = float(bf16Bits: bits)
+                out[i] = bf16ToFloat(bits)
             }
         }
     }

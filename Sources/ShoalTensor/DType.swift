@@ -56,12 +56,20 @@ public enum DType: String, Sendable, CaseIterable {
     }
 }
 
-/// bfloat16 is the upper half of a float32: widening is a shift, narrowing rounds to nearest even.
+/// The `Float` that bf16 bits stand for: bfloat16 is the upper half of a float32, so widening is
+/// a shift, and exact.
 @inline(__always)
 public func bf16ToFloat(_ bits: UInt16) -> Float {
     Float(bitPattern: UInt32(bits) << 16)
 }
 
+/// bf16 bits of `value`, rounded to nearest even: the one narrowing used for weights and for
+/// activations on the wire.
+///
+/// Adding 0x7FFF plus the lowest kept bit, then truncating, is round-to-nearest-even on the
+/// binary32 bit pattern; a carry out of the mantissa correctly bumps the exponent, up to
+/// infinity. NaN skips the rounding (it could carry a NaN into infinity) and keeps its sign
+/// with the quiet bit set, so a truncated payload never turns it into infinity.
 @inline(__always)
 public func floatToBF16(_ value: Float) -> UInt16 {
     let bits = value.bitPattern

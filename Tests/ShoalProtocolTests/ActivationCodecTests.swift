@@ -1,5 +1,6 @@
 import Foundation
 import ShoalProtocol
+import ShoalTensor
 import Testing
 
 /// bf16 by a different route than the codec's bit trick: the two neighbouring bf16 values
@@ -41,22 +42,22 @@ func bf16Reference(_ x: Float) -> UInt16 {
 
     @Test func bf16TiesGoToEven() {
         // 1 + 2^-8 is halfway between 1.0 (0x3F80) and 1 + 2^-7 (0x3F81): even wins, down.
-        #expect(ActivationCodec.bf16Bits(1.00390625) == 0x3F80)
+        #expect(floatToBF16(1.00390625) == 0x3F80)
         // 1 + 3·2^-8 is halfway between 0x3F81 and 0x3F82: even wins, up.
-        #expect(ActivationCodec.bf16Bits(1.01171875) == 0x3F82)
-        #expect(ActivationCodec.bf16Bits(-1.00390625) == 0xBF80)
+        #expect(floatToBF16(1.01171875) == 0x3F82)
+        #expect(floatToBF16(-1.00390625) == 0xBF80)
         // Just above the tie rounds up.
-        #expect(ActivationCodec.bf16Bits(Float(bitPattern: 0x3F80_8001)) == 0x3F81)
-        #expect(ActivationCodec.bf16Bits(.greatestFiniteMagnitude) == 0x7F80)
-        #expect(ActivationCodec.bf16Bits(-0.0) == 0x8000)
-        #expect(ActivationCodec.bf16Bits(-.infinity) == 0xFF80)
+        #expect(floatToBF16(Float(bitPattern: 0x3F80_8001)) == 0x3F81)
+        #expect(floatToBF16(.greatestFiniteMagnitude) == 0x7F80)
+        #expect(floatToBF16(-0.0) == 0x8000)
+        #expect(floatToBF16(-.infinity) == 0xFF80)
     }
 
     @Test func bf16KeepsNaN() {
         // A NaN whose payload lives only in the low bits must not truncate into infinity.
         for bits: UInt32 in [0x7F80_0001, 0xFF80_0001, 0x7FC0_0000, 0x7FFF_FFFF, 0xFFFF_FFFF] {
-            let encoded = ActivationCodec.bf16Bits(Float(bitPattern: bits))
-            let decoded = ActivationCodec.float(bf16Bits: encoded)
+            let encoded = floatToBF16(Float(bitPattern: bits))
+            let decoded = bf16ToFloat(encoded)
             #expect(decoded.isNaN, "0x\(String(bits, radix: 16)) → 0x\(String(encoded, radix: 16))")
             #expect(decoded.sign == Float(bitPattern: bits).sign)
         }
@@ -70,7 +71,7 @@ func bf16Reference(_ x: Float) -> UInt16 {
         values = values.filter { !$0.isNaN }
         let back = try ActivationCodec.decode(ActivationCodec.encode(values, as: .bf16), as: .bf16)
         for (x, y) in zip(values, back) where y.bitPattern != UInt32(bf16Reference(x)) << 16 {
-            Issue.record("bf16(\(x)) = \(y), reference \(ActivationCodec.float(bf16Bits: bf16Reference(x)))")
+            Issue.record("bf16(\(x)) = \(y), reference \(bf16ToFloat(bf16Reference(x)))")
             break
         }
     }
