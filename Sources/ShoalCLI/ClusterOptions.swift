@@ -76,7 +76,7 @@ struct ClusterOptions: ParsableArguments {
         controllerOptions.security = node.security
         let controller = try PlacementController(remote: remote, checkpoint: engine.checkpoint, options: controllerOptions)
         let server = try RPCServer.start(listen: clusterListen, security: node.security, unary: controller.handlers)
-        let elastic = Coordinator.Elastic(controller: controller, server: server, address: "\(hostPart(clusterListen)):\(server.port)")
+        let elastic = Coordinator.Elastic(controller: controller, server: server, address: Endpoint(clusterListen).map { $0.with(port: server.port).description } ?? clusterListen)
         if !startWithMissingPairs {
             printErr("waiting for workers to join on \(elastic.address) (shoal worker --join \(elastic.address))")
             let deadline = ContinuousClock.now + .milliseconds(Int64(joinWait * 1000))
@@ -115,10 +115,10 @@ struct ClusterOptions: ParsableArguments {
         return Coordinator(engine: engine, remote: remote)
     }
 
+    /// An address to dial: `HOST:PORT` with a host and a port other than 0.
     static func isHostPort(_ s: String) -> Bool {
-        guard let colon = s.lastIndex(of: ":"), colon != s.startIndex,
-              let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else { return false }
-        return true
+        guard let endpoint = Endpoint(s) else { return false }
+        return !endpoint.host.isEmpty && endpoint.port > 0
     }
 }
 

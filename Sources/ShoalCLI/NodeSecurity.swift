@@ -27,7 +27,7 @@ struct NodeSecurity {
     /// `--insecure` was given; with it, returns the warning to print on every start.
     func checkPlaintext(_ addresses: [String], role: String) throws -> String? {
         guard identity == nil else { return nil }
-        let exposed = addresses.filter { !isLoopback(host: hostPart($0)) }
+        let exposed = addresses.filter { !(Endpoint($0)?.isLoopback ?? false) }
         guard !exposed.isEmpty else { return nil }
         guard insecure else {
             throw UsageError.conflicting(
@@ -37,21 +37,6 @@ struct NodeSecurity {
         return "warning: --insecure: \(role) \(exposed.joined(separator: ",")) in plaintext, unauthenticated: "
             + "anyone who can reach it can use it and read what it carries"
     }
-}
-
-/// `HOST:PORT` → `HOST` (brackets kept off an IPv6 literal).
-func hostPart(_ address: String) -> String {
-    var host = String(address[..<(address.lastIndex(of: ":") ?? address.endIndex)])
-    if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-    return host
-}
-
-/// Whether `host` can only be reached from this machine: `localhost`, 127.0.0.0/8, `::1`.
-func isLoopback(host: String) -> Bool {
-    if host == "localhost" || host == "::1" { return true }
-    var v4 = in_addr()
-    guard inet_pton(AF_INET, host, &v4) == 1 else { return false }
-    return UInt32(bigEndian: v4.s_addr) >> 24 == 127
 }
 
 /// A throwaway authority for a cluster this process starts on loopback (`shoal demo`,

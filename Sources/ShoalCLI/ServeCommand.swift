@@ -138,7 +138,7 @@ struct ServeCommand: ParsableCommand {
     /// show anyone the metrics, unless `--insecure`; warns about keys sent in plaintext.
     private func checkListeners(keys: APIKeys?) throws {
         for address in [http, grpc, metrics ?? "off"] where address != "off" { _ = try PromptServer.split(address) }
-        let exposed = { (address: String) in address != "off" && !isLoopback(host: hostPart(address)) }
+        let exposed = { (address: String) in address != "off" && !(Endpoint(address)?.isLoopback ?? false) }
         var open: [String] = keys == nil ? [http, grpc].filter(exposed) : []
         if let metrics, exposed(metrics) { open.append(metrics) }
         if !open.isEmpty {
@@ -159,9 +159,9 @@ struct ServeCommand: ParsableCommand {
         }
     }
 
-    /// `listen` with the bound port in place of the one asked for (0).
+    /// `listen` (checked by `checkListeners`) with the bound port in place of the one asked for (0).
     private func address(_ listen: String, _ port: Int) -> String {
-        "\(listen[..<(listen.lastIndex(of: ":") ?? listen.endIndex)]):\(port)"
+        Endpoint(listen)?.with(port: port).description ?? listen
     }
 }
 

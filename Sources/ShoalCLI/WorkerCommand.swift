@@ -84,15 +84,16 @@ struct WorkerCommand: ParsableCommand {
             // Signals are taken before the server starts, so none is lost between the two.
             let stop = StopSignal()
             let server = try worker.startServer(listen: listen, security: node.security)
-            let host = listen[..<(listen.lastIndex(of: ":") ?? listen.endIndex)]
-            let address = "\(host):\(server.port)"
+            let address = Endpoint(listen).map { $0.with(port: server.port).description } ?? listen
             // Written unbuffered: whoever started us waits for this line on a pipe.
             var membership: JoinClient?
             let holds: String
             if let join {
                 let advertised = advertise ?? address
-                if ["0.0.0.0", "::", ""].contains(hostPart(advertised)) {
-                    throw ValidationError("--listen \(listen) has no address a coordinator can dial: give --advertise HOST:PORT")
+                guard Endpoint(advertised)?.isDialable ?? false else {
+                    throw ValidationError(advertise == nil
+                        ? "--listen \(listen) has no address a coordinator can dial: give --advertise HOST:PORT"
+                        : "--advertise \(advertised): expected HOST:PORT that a coordinator can dial")
                 }
                 let bandwidth = MemoryBandwidth.measureRead(pool: ComputePool(threads: threads), bytes: 64 << 20, repeats: 3)
                 let defaults = defaultOfferedMemory()

@@ -142,7 +142,7 @@ public final class PlacementController: @unchecked Sendable {
             throw RPCStatus(code: .failedPrecondition, message: error.description)
         }
         let address = request.address
-        guard address.utf8.count <= 255, Self.isHostPort(address) else {
+        guard let endpoint = Endpoint(address), endpoint.isDialable else {
             throw RPCStatus(code: .invalidArgument, message: "JoinRequest.address: expected HOST:PORT, got \(Incompatibility.printable(address))")
         }
         guard request.memoryBytes <= 1 << 50 else {
@@ -475,11 +475,5 @@ public final class PlacementController: @unchecked Sendable {
             }
         }
         return failed
-    }
-
-    static func isHostPort(_ s: String) -> Bool {
-        guard let colon = s.lastIndex(of: ":"), colon != s.startIndex,
-              let port = Int(s[s.index(after: colon)...]), (1...65535).contains(port) else { return false }
-        return s.unicodeScalars.allSatisfy { $0.value > 0x20 && $0.value < 0x7F }
     }
 }

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import ShoalRPC
 import Synchronization
 
 /// The API keys that open the prompt APIs, from a file (one key per line; blank lines and
@@ -128,7 +129,7 @@ public struct HTTPAccess: Sendable {
         if wildcard && extra.isEmpty { return nil }
         var hosts = Set(extra.map { $0.lowercased() })
         if !wildcard { hosts.insert(host.lowercased()) }
-        if ["127.0.0.1", "localhost", "::1"].contains(host) || host.hasPrefix("127.") {
+        if Endpoint.isLoopback(host: host) {
             hosts.formUnion(["localhost", "127.0.0.1", "::1"])
         }
         return hosts

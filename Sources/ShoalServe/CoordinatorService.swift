@@ -70,7 +70,7 @@ public struct CoordinatorService: Sendable {
     /// without keys, the peer's address.
     /// - Throws: `.unauthenticated` when keys are set and the call carries none of them.
     private func client(_ context: RPCServerContext) throws(RPCStatus) -> String {
-        guard let keys else { return peerHost(context.peer) }
+        guard let keys else { return Endpoint.host(ofPeer: context.peer) }
         guard let token = bearerToken(context.metadata("authorization")), let client = keys.client(presenting: token) else {
             throw RPCStatus(code: .unauthenticated,
                             message: "missing or unknown API key: send metadata authorization: Bearer KEY")
@@ -255,15 +255,6 @@ public struct CoordinatorService: Sendable {
         }
         return ids.map { Int($0) }
     }
-}
-
-/// `ipv4:203.0.113.7:51234` → `203.0.113.7`; `ipv6:[::1]:51234` → `::1`.
-func peerHost(_ peer: String) -> String {
-    var rest = Substring(peer)
-    if let colon = rest.firstIndex(of: ":"), ["ipv4", "ipv6"].contains(rest[..<colon]) { rest = rest[rest.index(after: colon)...] }
-    if rest.hasPrefix("["), let close = rest.firstIndex(of: "]") { return String(rest[rest.index(after: rest.startIndex)..<close]) }
-    if let colon = rest.lastIndex(of: ":") { return String(rest[..<colon]) }
-    return String(rest)
 }
 
 private func invalid(_ message: String) -> RPCStatus {

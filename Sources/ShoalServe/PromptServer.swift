@@ -146,12 +146,9 @@ public final class PromptServer: @unchecked Sendable {
     }
 
     /// `"host:port"` → its parts; `[::1]:80` and `:80` (every interface) too.
-    public static func split(_ address: String) throws -> (host: String, port: Int) {
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
-              (0...65535).contains(port) else { throw ServeError.badAddress(address) }
-        var host = String(address[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        return (host, port)
+    public static func split(_ address: String) throws(ServeError) -> (host: String, port: Int) {
+        guard let endpoint = Endpoint(address) else { throw .badAddress(address) }
+        return (endpoint.host, endpoint.port)
     }
 }
 
