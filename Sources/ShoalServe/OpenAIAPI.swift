@@ -42,12 +42,14 @@ public final class OpenAIAPI: Sendable {
     /// The method each path answers.
     private static let routes = [
         "/v1/chat/completions": "POST", "/v1/completions": "POST",
-        "/v1/models": "GET", "/health": "GET", "/metrics": "GET", "/v1/cluster": "GET",
+        "/v1/models": "GET", "/health": "GET", "/metrics": "GET", "/v1/cluster": "GET", "/": "GET",
     ]
 
     /// Answers `request`: `POST /v1/chat/completions`, `POST /v1/completions`,
     /// `GET /v1/models`, `GET /health`, `GET /metrics`, `GET /v1/cluster` (the workers and the
-    /// placement; 404 when experts are in this process); 404 for other paths, 405 for other methods.
+    /// placement; 404 when experts are in this process), `GET /` (the web console, `WebConsole`:
+    /// a static page, served without a key like /health; what it shows it fetches with the key
+    /// the user gives it); 404 for other paths, 405 for other methods.
     /// Before any of that: the `Host` must be one this server answers to (403), a browser
     /// page of another origin must be allowed (403; CORS preflights are answered), and with
     /// API keys every path but /health needs `Authorization: Bearer KEY` (401).
@@ -86,7 +88,7 @@ public final class OpenAIAPI: Sendable {
             return reply(responder, error, headers: [("Allow", method)])
         }
         var client = request.peer
-        if let keys = access.keys, surface == .api, request.path != "/health" {
+        if let keys = access.keys, surface == .api, request.path != "/health", request.path != "/" {
             guard let token = bearerToken(request.header("authorization")), let known = keys.client(presenting: token) else {
                 let error = APIError(
                     status: 401,
@@ -102,6 +104,7 @@ public final class OpenAIAPI: Sendable {
             case "/v1/completions": try textCompletion(request, client: client, responder)
             case "/v1/models": try models(responder)
             case "/health": try health(responder)
+            case "/": try responder.respond(status: 200, headers: WebConsole.headers, body: WebConsole.page)
             case "/v1/cluster":
                 guard let clusterJSON else {
                     throw APIError(status: 404, message: "This server computes every expert itself: it has no cluster.",
