@@ -40,8 +40,10 @@ let package = Package(
         // The wire contract: messages generated from Protos/ (scripts/generate-protos), the
         // activation codec, and validation of every field a peer sends.
         .target(name: "ShoalProtocol", dependencies: ["ShoalTensor", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        // Linux calls Glibc's Swift module leaves out (thread affinity), as thin C wrappers.
+        .target(name: "CShoalOS"),
         // Storage, dtypes, safetensors, the compute pool and the kernels' Swift surface.
-        .target(name: "ShoalTensor", dependencies: ["CShoalKernels"]),
+        .target(name: "ShoalTensor", dependencies: ["CShoalKernels", "CShoalOS"]),
         // SentencePiece BPE and the Mistral v1 chat format.
         .target(name: "ShoalTokenizer"),
         // Config, weight loading, the Mixtral forward pass, experts, sampler, generation.

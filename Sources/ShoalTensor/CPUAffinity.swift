@@ -1,9 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
+#if os(Linux)
+import CShoalOS
 #endif
 
 /// Pinning threads to CPUs, for processes that share one machine's cores: the demo's
@@ -14,8 +10,8 @@ import Darwin
 /// threads for up to a millisecond; pinned (with `ComputePool`'s yield between chunks), that
 /// tail is cut to about half a millisecond and the cluster decodes faster.
 ///
-/// Linux only (`sched_setaffinity`, looked up at run time because Glibc's Swift module leaves
-/// out the GNU declarations); elsewhere nothing is pinned and `allowedCPUs` is nil.
+/// Linux only (`sched_setaffinity` through the `CShoalOS` shim, because Glibc's Swift module
+/// leaves out the GNU declarations); elsewhere nothing is pinned and `allowedCPUs` is nil.
 public enum CPUAffinity {
     /// A comma-separated list of CPU numbers and inclusive ranges, `0,2-3`; nil if malformed.
     public static func parse(_ text: String) -> [Int]? {
@@ -30,12 +26,9 @@ public enum CPUAffinity {
     /// The CPUs this process may run on, ascending; nil where that cannot be asked.
     public static var allowedCPUs: [Int]? {
         #if os(Linux)
-        guard let getAffinity = functions?.get else { return nil }
-        var set = cpu_set_t()
-        guard getAffinity(0, MemoryLayout<cpu_set_t>.size, &set) == 0 else { return nil }
-        return withUnsafeBytes(of: &set) { bytes in
-            (0..<(bytes.count * 8)).filter { bytes[$0 / 8] & (1 << ($0 % 8)) != 0 }
-        }
+        var mask = [UInt8](repeating: 0, count: 128)  // 1024 CPUs, glibc's CPU_SETSIZE
+        guard shoal_allowed_cpus(&mask, mask.count) == 0 else { return nil }
+        return (0..<(mask.count * 8)).filter { mask[$0 / 8] & (1 << ($0 % 8)) != 0 }
         #else
         return nil
         #endif
@@ -46,26 +39,10 @@ public enum CPUAffinity {
     @discardableResult
     public static func pinCurrentThread(to cpu: Int) -> Bool {
         #if os(Linux)
-        guard let setAffinity = functions?.set, cpu >= 0, cpu < MemoryLayout<cpu_set_t>.size * 8 else { return false }
-        var set = cpu_set_t()
-        withUnsafeMutableBytes(of: &set) { $0[cpu / 8] = 1 << (cpu % 8) }
-        // pid 0: the calling thread (Linux applies affinity per thread).
-        return setAffinity(0, MemoryLayout<cpu_set_t>.size, &set) == 0
+        guard cpu >= 0, cpu < 1024 else { return false }
+        return shoal_pin_current_thread(Int32(cpu)) == 0
         #else
         return false
         #endif
     }
-
-    #if os(Linux)
-    private typealias SetAffinity = @convention(c) (pid_t, Int, UnsafePointer<cpu_set_t>) -> Int32
-    private typealias GetAffinity = @convention(c) (pid_t, Int, UnsafeMutablePointer<cpu_set_t>) -> Int32
-
-    /// glibc's `sched_setaffinity` and `sched_getaffinity`, found in the process's symbols.
-    private static let functions: (set: SetAffinity, get: GetAffinity)? = {
-        let everywhere = dlopen(nil, RTLD_NOW)
-        guard let set = dlsym(everywhere, "sched_setaffinity"), let get = dlsym(everywhere, "sched_getaffinity")
-        else { return nil }
-        return (unsafeBitCast(set, to: SetAffinity.self), unsafeBitCast(get, to: GetAffinity.self))
-    }()
-    #endif
 }
