@@ -84,7 +84,8 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "shoal", dependencies: ["ShoalCLI"]),
-        // Test helpers shared by the test targets: the fixtures' location, in-process workers.
+        // Test helpers shared by the test targets: the fixtures and their reference outputs, the
+        // built `shoal` binary, in-process workers.
         .target(
             name: "ShoalTestSupport",
             dependencies: ["ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor",
@@ -95,7 +96,9 @@ let package = Package(
         .testTarget(name: "ShoalRPCTests", dependencies: ["ShoalRPC", "ShoalCertificates"]),
         .testTarget(name: "ShoalProtocolTests", dependencies: ["ShoalProtocol", "ShoalTensor"]),
         .testTarget(name: "ShoalTokenizerTests", dependencies: ["ShoalTokenizer", "ShoalTensor"]),
-        .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalCLI", "ShoalTestSupport"]),
+        .testTarget(name: "ShoalModelTests", dependencies: ["ShoalModel", "ShoalTestSupport"]),
+        // The commands as users run them: the `shoal` binary in processes, and ShoalCLI's parsing.
+        .testTarget(name: "ShoalCLITests", dependencies: ["ShoalCLI", "ShoalModel", "ShoalTensor", "ShoalTestSupport"]),
         .testTarget(
             name: "ShoalClusterTests",
             dependencies: ["ShoalCertificates", "ShoalCluster", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTensor",

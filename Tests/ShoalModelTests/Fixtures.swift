@@ -9,25 +9,10 @@ enum Fixtures {
     static func path(_ relative: String) throws -> String { try FixtureFolder.path(relative) }
 
     /// The reference tensors of one model.
-    final class Expected {
-        let file: SafetensorsFile
-        let json: [String: Any]
-        init(model: String) throws {
-            file = try SafetensorsFile(path: try Fixtures.path("models/\(model)/expected.safetensors"))
-            let data = try Data(contentsOf: URL(fileURLWithPath: try Fixtures.path("models/\(model)/expected.json")))
-            json = try JSONSerialization.jsonObject(with: data) as! [String: Any]
-        }
-        func floats(_ name: String) throws -> [Float] { try file.floats(name) }
-        func ints(_ name: String) throws -> [Int] { try file.floats(name).map { Int($0) } }
-        var promptCount: Int { (json["prompts"] as! [Any]).count }
-    }
+    typealias Expected = ReferenceOutputs
 
     /// A fresh temporary folder, removed by the caller.
-    static func temporaryFolder() throws -> String {
-        let p = NSTemporaryDirectory() + "shoal-test-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
-        return p
-    }
+    static func temporaryFolder() throws -> String { try FixtureFolder.temporary() }
 
     /// Copies a fixture folder into a temporary one (to damage it on purpose).
     static func copy(_ relative: String) throws -> String {
@@ -35,21 +20,6 @@ enum Fixtures {
         try FileManager.default.copyItem(atPath: try path(relative), toPath: dst)
         return dst
     }
-}
-
-/// Asserts |a-b| <= atol + rtol*|b| elementwise, reporting the worst element.
-func expectClose(_ a: [Float], _ b: [Float], atol: Float = 1e-4, rtol: Float = 1e-4, _ what: String,
-                 sourceLocation: SourceLocation = #_sourceLocation) {
-    #expect(a.count == b.count, "\(what): \(a.count) values, expected \(b.count)", sourceLocation: sourceLocation)
-    guard a.count == b.count else { return }
-    var worst = 0, worstExcess: Float = -.infinity
-    for i in a.indices {
-        let excess = abs(a[i] - b[i]) - (atol + rtol * abs(b[i]))
-        if !(excess <= worstExcess) || excess.isNaN { worstExcess = excess.isNaN ? .infinity : excess; worst = i }
-    }
-    #expect(worstExcess <= 0,
-            "\(what): element \(worst) is \(a[worst]), expected \(b[worst]) (tolerance \(atol) + \(rtol)·|b|)",
-            sourceLocation: sourceLocation)
 }
 
 /// Prompt 0's router choices (exactly), router weights and logits, and every layer's output

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import ShoalTensor
+import ShoalTestSupport
 @testable import ShoalModel
 
 /// Bad GGUF metadata and bad quantization options: each refused with one error naming the key,
@@ -89,7 +90,7 @@ import ShoalTensor
             (["bench-kernels", "--type", "q4_k", "--cols", "100"], "--cols 100 is not a whole number of Q4_K blocks"),
         ]
         for (arguments, message) in cases {
-            let run = try CLITests().shoal(arguments)
+            let run = try ShoalBinary.run(arguments)
             #expect(run.status != 0 && run.stderr.contains(message), "\(arguments): \(run.stderr)")
         }
         let folder = (out as NSString).deletingLastPathComponent

@@ -1,4 +1,5 @@
 import Foundation
+import ShoalTestSupport
 import Testing
 import ShoalTensor
 @testable import ShoalModel

@@ -21,6 +21,13 @@ public enum FixtureFolder {
         return p
     }
 
+    /// A fresh temporary folder, removed by the caller.
+    public static func temporary() throws -> String {
+        let p = NSTemporaryDirectory() + "shoal-test-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+        return p
+    }
+
     public struct Missing: Error {
         public let path: String
     }

@@ -1,4 +1,5 @@
 import Foundation
+import ShoalTestSupport
 import Testing
 @testable import ShoalCLI
 
@@ -11,12 +12,7 @@ import Testing
         let base = NSTemporaryDirectory() + "shoal-proc-" + UUID().uuidString
 
         init(_ arguments: [String]) throws {
-            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            var dir = bin
-            while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("shoal").path) && dir.path != "/" {
-                dir = dir.deletingLastPathComponent()
-            }
-            process.executableURL = dir.appendingPathComponent("shoal")
+            process.executableURL = URL(fileURLWithPath: ShoalBinary.path)
             process.arguments = arguments
             for suffix in [".out", ".err"] { _ = FileManager.default.createFile(atPath: base + suffix, contents: nil) }
             process.standardOutput = FileHandle(forWritingAtPath: base + ".out")

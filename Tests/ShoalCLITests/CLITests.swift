@@ -1,38 +1,12 @@
 import Foundation
 import Testing
 import ShoalTensor
+import ShoalTestSupport
 
 /// The `shoal` binary as users and scripts drive it: exact output formats and exit codes.
 @Suite struct CLITests {
-    struct Output { var status: Int32; var stdout: String; var stderr: String }
-
-    /// Runs the `shoal` built beside the test bundle, with a time limit.
-    func shoal(_ arguments: [String]) throws -> Output {
-        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        var dir = bin
-        while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("shoal").path) && dir.path != "/" {
-            dir = dir.deletingLastPathComponent()
-        }
-        let process = Process()
-        process.executableURL = dir.appendingPathComponent("shoal")
-        process.arguments = arguments
-        // Files, not pipes: a full pipe would block the child while we wait for it.
-        let base = NSTemporaryDirectory() + "shoal-cli-" + UUID().uuidString
-        _ = FileManager.default.createFile(atPath: base + ".out", contents: nil)
-        _ = FileManager.default.createFile(atPath: base + ".err", contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: base + ".out"); try? FileManager.default.removeItem(atPath: base + ".err") }
-        process.standardOutput = FileHandle(forWritingAtPath: base + ".out")
-        process.standardError = FileHandle(forWritingAtPath: base + ".err")
-        try process.run()
-        let deadline = Date().addingTimeInterval(120)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        let stdout = FileManager.default.contents(atPath: base + ".out") ?? Data()
-        let stderr = FileManager.default.contents(atPath: base + ".err") ?? Data()
-        return Output(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
-                      stderr: String(decoding: stderr, as: UTF8.self))
-    }
+    /// Runs the `shoal` built beside the test bundle (`ShoalBinary.run`).
+    func shoal(_ arguments: [String]) throws -> ShoalBinary.Output { try ShoalBinary.run(arguments) }
 
     @Test func tokenizeAndDetokenizePrintJSON() throws {
         let tok = try Fixtures.path("tokenizer/tokenizer.model.v1")
