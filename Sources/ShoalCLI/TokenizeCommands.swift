@@ -42,7 +42,7 @@ struct DetokenizeCommand: ParsableCommand {
             let tok = try loadTokenizer(tokenizer)
             let list = try parseIDs(ids)
             try tok.validate(list)
-            print(jsonString(tok.decode(list)))
+            print(jsonString(try tok.decode(list)))
         }
     }
 }

@@ -12,8 +12,10 @@ extension SentencePieceTokenizer {
     /// - Runs of byte pieces are joined and read as UTF-8; every byte that does not begin a
     ///   complete, valid sequence becomes its own U+FFFD (so a truncated 4-byte character at
     ///   the end gives one U+FFFD per byte present, unlike `String(decoding:as:)`).
-    /// - Ids outside `0..<vocabSize` decode like `<unk>`; call `validate(_:)` first to refuse them.
-    public func decode(_ ids: [Int]) -> String {
+    /// - An id outside `0..<vocabSize` is refused (`idOutOfRange`), as `sentencepiece` refuses it
+    ///   ("piece id is out of range"), before anything is decoded.
+    public func decode(_ ids: [Int]) throws(TokenizerError) -> String {
+        try validate(ids)
         var state = DetokenizerState()
         var out: [UInt8] = []
         for id in ids { state.feed(id, tokenizer: self, into: &out) }

@@ -163,13 +163,11 @@ public final class SentencePieceTokenizer: Sendable {
         types.indices.contains(id) ? types[id] : .unknown
     }
 
-    /// Ids outside 0..<vocabSize: a check callers use before decoding untrusted input.
-    ///
-    /// `decode` itself never traps on such ids (it renders them like `<unk>`), but a server
-    /// should refuse them rather than answer with question marks.
-    public func validate(_ ids: [Int]) throws {
+    /// Refuses ids outside 0..<vocabSize, as `sentencepiece` does: `decode` checks with it, and
+    /// so does every place ids come from outside (the prompt APIs, `detokenize`).
+    public func validate(_ ids: [Int]) throws(TokenizerError) {
         for id in ids where !(0..<vocabSize).contains(id) {
-            throw TokenizerError.idOutOfRange(id: id, vocabSize: vocabSize)
+            throw .idOutOfRange(id: id, vocabSize: vocabSize)
         }
     }
 
