@@ -37,9 +37,10 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
-        // The wire contract: messages generated from Protos/ (scripts/generate-protos), the
-        // activation codec, and validation of every field a peer sends.
-        .target(name: "ShoalProtocol", dependencies: ["ShoalTensor", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        // The wire contract: messages generated from Protos/ (scripts/generate-protos), their
+        // method paths and transport payloads, the activation codec, and validation of every
+        // field a peer sends.
+        .target(name: "ShoalProtocol", dependencies: ["ShoalRPC", "ShoalTensor", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // Linux calls Glibc's Swift module leaves out (thread affinity), as thin C wrappers.
         .target(name: "CShoalOS"),
         // Storage, dtypes, safetensors, the compute pool and the kernels' Swift surface.
@@ -73,11 +74,20 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // The prompt API's client (`shoal generate/chat --coordinator`): the generated messages over
+        // the RPC layer, without the scheduler or the cluster.
+        .target(
+            name: "ShoalClient",
+            dependencies: [
+                "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalTokenizer",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         // The subcommands, as a library so tests can drive them.
         .target(
             name: "ShoalCLI",
             dependencies: [
-                "ShoalCertificates", "ShoalCluster", "ShoalHTTP", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalServe",
+                "ShoalCertificates", "ShoalClient", "ShoalCluster", "ShoalHTTP", "ShoalModel", "ShoalProtocol", "ShoalRPC", "ShoalServe",
                 "ShoalTensor", "ShoalTokenizer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -107,7 +117,7 @@ let package = Package(
         .testTarget(name: "ShoalHTTPTests", dependencies: ["ShoalHTTP", "ShoalTestSupport"]),
         .testTarget(
             name: "ShoalServeTests",
-            dependencies: ["ShoalServe", "ShoalCertificates", "ShoalCluster", "ShoalModel", "ShoalTokenizer", "ShoalHTTP",
+            dependencies: ["ShoalServe", "ShoalClient", "ShoalCertificates", "ShoalCluster", "ShoalModel", "ShoalTokenizer", "ShoalHTTP",
                            "ShoalTestSupport"]
         ),
     ],

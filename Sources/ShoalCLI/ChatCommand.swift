@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ShoalClient
 import ShoalServe
 import ShoalTokenizer
 import Synchronization

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ShoalClient
 import ShoalCluster
 import ShoalModel
 import ShoalServe

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ShoalClient
 import ShoalCertificates
 import ShoalRPC
 import ShoalServe

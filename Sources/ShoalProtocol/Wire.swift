@@ -98,3 +98,13 @@ func describe(_ dtype: Shoal_V1_DType) -> String {
     case .UNRECOGNIZED(let raw): return "unknown dtype \(raw)"
     }
 }
+
+/// The gRPC method paths of `shoal.v1.Coordinator` (Protos/shoal/v1/coordinator.proto).
+public enum CoordinatorMethod {
+    /// `Generate(GenerateRequest) returns (stream GenerateResponse)`: one streamed completion.
+    public static let generate = "/shoal.v1.Coordinator/Generate"
+    /// `Tokenize(TokenizeRequest) returns (TokenizeResponse)`: the ids of a text or conversation.
+    public static let tokenize = "/shoal.v1.Coordinator/Tokenize"
+    /// `Health(CoordinatorHealthRequest) returns (CoordinatorHealthResponse)`: readiness and load.
+    public static let health = "/shoal.v1.Coordinator/Health"
+}

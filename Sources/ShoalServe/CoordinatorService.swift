@@ -6,16 +6,6 @@ import ShoalTensor
 import ShoalTokenizer
 import SwiftProtobuf
 
-/// The gRPC method paths of `shoal.v1.Coordinator` (Protos/shoal/v1/coordinator.proto).
-public enum CoordinatorMethod {
-    /// `Generate(GenerateRequest) returns (stream GenerateResponse)`: one streamed completion.
-    public static let generate = "/shoal.v1.Coordinator/Generate"
-    /// `Tokenize(TokenizeRequest) returns (TokenizeResponse)`: the ids of a text or conversation.
-    public static let tokenize = "/shoal.v1.Coordinator/Tokenize"
-    /// `Health(CoordinatorHealthRequest) returns (CoordinatorHealthResponse)`: readiness and load.
-    public static let health = "/shoal.v1.Coordinator/Health"
-}
-
 /// The coordinator's gRPC prompt API over a `GenerationService`: handlers to pass to
 /// `RPCServer.start(listen:unary:serverStreaming:)`.
 ///

@@ -1,4 +1,5 @@
 import Foundation
+@testable import ShoalClient
 import ShoalModel
 import ShoalRPC
 @testable import ShoalServe

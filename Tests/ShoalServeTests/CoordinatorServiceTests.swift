@@ -1,4 +1,5 @@
 import Dispatch
+@testable import ShoalClient
 import ShoalCluster
 import ShoalModel
 import ShoalProtocol

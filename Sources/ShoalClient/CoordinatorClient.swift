@@ -1,4 +1,3 @@
-import ShoalCluster
 import ShoalModel
 import ShoalProtocol
 import ShoalRPC
