@@ -14,13 +14,23 @@ enum RequestFailure: Error {
 
 /// Why the socket gave no more bytes.
 enum ReadFailure: Error {
-    /// The peer closed or reset the connection (or the server shut it down).
-    case closed
+    /// The peer finished sending (end of stream: it closed, or half-closed and still reads).
+    case ended
+    /// The connection broke: reset by the peer, or shut down by the server.
+    case broken
     /// The deadline passed.
     case timedOut
 
-    /// The failure in the middle of a request: the client is gone, or it was too slow.
-    var midRequest: RequestFailure { self == .closed ? .quiet : .timedOut }
+    /// The failure in the middle of a request: a client that stopped sending part-way gets a
+    /// 400 (it may still be reading, having half-closed), a slow one 408; a broken connection
+    /// has no one to answer.
+    var midRequest: RequestFailure {
+        switch self {
+        case .ended: .reject(RequestRejection(400, "the request ended before it was complete"))
+        case .broken: .quiet
+        case .timedOut: .timedOut
+        }
+    }
 }
 
 /// Buffered reads from one connection, each bounded by a deadline.
@@ -48,8 +58,8 @@ struct SocketReader {
                 buffer.append(contentsOf: scratch[..<n])
                 return
             }
-            if n == 0 { throw .closed }
-            guard errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK else { throw .closed }
+            if n == 0 { throw .ended }
+            guard errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK else { throw .broken }
         }
     }
 
@@ -69,7 +79,8 @@ struct SocketReader {
             do {
                 try fill(until: deadline)
             } catch {
-                throw error == .timedOut && buffered > 0 ? .timedOut : .quiet
+                // Nothing of a request yet: an idle keep-alive connection ends quietly.
+                throw buffered > 0 ? error.midRequest : .quiet
             }
         }
     }

@@ -110,6 +110,31 @@ struct StreamingTests {
         }
     }
 
+    /// A client that stops sending part-way through a request and half-closes is told why
+    /// (400), as every other malformed request is, instead of a silent close; one that never
+    /// began a request is closed quietly.
+    @Test func aRequestEndedPartWayGets400() throws {
+        let handled = Flag()
+        try withServer(handler: { _, responder in
+            handled.set()
+            try? responder.respond(status: 200, headers: [], body: [])
+        }) { server in
+            for partial in ["GET / HTTP/1.1\r\nHost: t\r\n", "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345",
+                            "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"] {
+                let client = try RawClient(port: server.port)
+                try client.send(partial)
+                client.halfClose()
+                let response = try client.readResponse()
+                #expect(response.status == 400 && response.text.contains("ended before it was complete"),
+                        "\(partial.debugDescription): \(response.status) \(response.text)")
+            }
+            let idle = try RawClient(port: server.port)
+            idle.halfClose()
+            #expect(throws: (any Error).self, "nothing sent, nothing answered") { try idle.readResponse() }
+        }
+        #expect(!handled.isSet, "an incomplete request reached the handler")
+    }
+
     @Test func shutdownLetsShortStreamsFinish() throws {
         let started = Flag()
         let handler: HTTPServer.Handler = { _, responder in

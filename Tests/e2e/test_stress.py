@@ -132,8 +132,9 @@ for i in range(1500):
             reply += chunk
     status = reply[9:12].decode(errors="replace") or "closed"
     fuzz_statuses[status] = fuzz_statuses.get(status, 0) + 1
-    # 505 is the right answer to a mangled HTTP version; any other 5xx is a server fault.
-    if (status.startswith("5") and status != "505") or proc.poll() is not None:
+    # 505 is the right answer to a mangled HTTP version; any other 5xx is a server fault, and
+    # so is no answer at all: the client only half-closed, it is still reading.
+    if (status.startswith("5") and status != "505") or status == "closed" or proc.poll() is not None:
         outcomes["unexpected"].append(f"mutated request {bytes(b)[:200]!r} -> {reply[:200]!r}")
         break
 print(f"mutated requests: {fuzz_statuses}")
