@@ -63,8 +63,10 @@ import ShoalModel
         #expect(remote == local)
     }
 
-    /// bf16 on the wire rounds activations both ways; the fixtures README's bf16 guidance
-    /// bounds the effect: mean |Δ logit| <= 0.1 and argmax agreement >= 0.8.
+    /// bf16 on the wire rounds activations both ways. The fixtures README's bf16 guidance allows
+    /// mean |Δ logit| <= 0.1 and argmax agreement >= 0.8; measured here on the two fixtures
+    /// (deterministic: the same roundings every run) means of 0.0029 and 0.0065 and agreements
+    /// of 161/162 and 1.0, so the bounds are 0.01 (1.5× the larger mean) and 0.98.
     @Test(arguments: models)
     func bf16WireStaysWithinGuidance(model: String) async throws {
         let folder = try Fixtures.path("models/\(model)/hf")
@@ -88,8 +90,8 @@ import ShoalModel
                 }
             }
             let mean = sum / Double(count), agreement = Double(agree) / Double(positions)
-            #expect(mean <= 0.1, "\(model): mean |Δ| \(mean)")
-            #expect(agreement >= 0.8, "\(model): argmax agreement \(agreement)")
+            #expect(mean <= 0.01, "\(model): mean |Δ| \(mean)")
+            #expect(agreement >= 0.98, "\(model): argmax agreement \(agreement)")
             // Not vacuous: bf16 rounding does change the logits.
             #expect(mean > 0, "\(model): bf16 wire gave exactly the f32 logits")
         }

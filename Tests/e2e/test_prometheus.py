@@ -31,8 +31,12 @@ def post(url, body):
 
 
 proc, base, _ = serve.start_serve(shoal, model)
+# The tokens the three answers say they used: what the counters must add up to exactly.
+used = {"prompt": 0, "completion": 0}
 for i in range(3):
-    post(base + "/v1/completions", {"prompt": f"Sea number {i}", "max_tokens": 6, "temperature": 0})
+    usage = post(base + "/v1/completions", {"prompt": f"Sea number {i}", "max_tokens": 6, "temperature": 0})["usage"]
+    used["prompt"] += usage["prompt_tokens"]
+    used["completion"] += usage["completion_tokens"]
 
 target = base.removeprefix("http://")
 work = tempfile.mkdtemp(prefix="shoal-prometheus-")
@@ -60,8 +64,11 @@ def query(q):
 wanted = {
     'up{job="shoal"}': lambda v: v == 1,
     'shoal_requests_total{outcome="completed"}': lambda v: v == 3,
-    'shoal_completion_tokens_total': lambda v: 3 <= v <= 18,
-    'sum(shoal_expert_tokens_total)': lambda v: v > 0,
+    'shoal_prompt_tokens_total': lambda v: v == used["prompt"],
+    'shoal_completion_tokens_total': lambda v: v == used["completion"],
+    # Every token run through the model (the prompts, and each sampled token but the last of a
+    # request) is routed to 2 experts in each of the tiny model's 2 layers.
+    'sum(shoal_expert_tokens_total)': lambda v: v == (used["prompt"] + used["completion"] - 3) * 2 * 2,
     'shoal_time_to_first_token_seconds_count': lambda v: v == 3,
     'shoal_kv_cache_tokens_capacity': lambda v: v > 0,
 }
