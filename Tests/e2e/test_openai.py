@@ -17,9 +17,9 @@ shoal, model = sys.argv[1], sys.argv[2]
 check = serve.Checks()
 
 
-def generate_alone(args, max_tokens):
-    out = subprocess.run([shoal, "generate", "--model", model, "--max-tokens", str(max_tokens), "--temperature", "0",
-                          "--threads", "1", "--json"] + args, capture_output=True, text=True, timeout=120, check=True)
+def generate_alone(args, max_tokens, sampling=("--temperature", "0")):
+    out = subprocess.run([shoal, "generate", "--model", model, "--max-tokens", str(max_tokens), "--threads", "1",
+                          "--json"] + list(sampling) + args, capture_output=True, text=True, timeout=120, check=True)
     return json.loads(out.stdout)["text"]
 
 
@@ -80,6 +80,11 @@ check(text == completion_alone, f"streamed completion equals alone: {text!r}")
 a = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0.9, top_p=0.9, seed=7)
 b = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0.9, top_p=0.9, seed=7)
 check(a.choices[0].text == b.choices[0].text, "seeded sampling repeats")
+# ... and is the sampling `shoal generate` does alone with the same seed: the same sampler.
+sampled_alone = generate_alone(["--prompt", prompt], 10, ("--temperature", "0.9", "--top-p", "0.9", "--seed", "7"))
+check(a.choices[0].text == sampled_alone, f"seeded sampling equals shoal generate alone: {a.choices[0].text!r} vs {sampled_alone!r}")
+greedy = completion_alone
+check(sampled_alone != greedy, f"the seeded sample is not the greedy text (so the check above can fail): {greedy!r}")
 
 # Errors: 400 with an OpenAI error object, and the server keeps serving.
 for what, call in [
