@@ -76,6 +76,21 @@ text = "".join(ch.choices[0].text for ch in client.completions.create(
     model="tiny", prompt=prompt, max_tokens=10, temperature=0, stream=True) if ch.choices)
 check(text == completion_alone, f"streamed completion equals alone: {text!r}")
 
+# A stop string through the real scheduler: the greedy text up to (not including) its first
+# occurrence, finish_reason "stop", streamed and not. The stop string is cut from the middle
+# of the text `shoal generate` gave alone.
+middle = len(completion_alone) // 2
+stop = completion_alone[middle:middle + 3]
+cut = completion_alone[:completion_alone.find(stop)]
+r = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0, stop=[stop])
+check(r.choices[0].text == cut and r.choices[0].finish_reason == "stop",
+      f"stop {stop!r}: {r.choices[0].text!r} ({r.choices[0].finish_reason}) vs {cut!r}")
+chunks = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0, stop=[stop],
+                                        stream=True))
+text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+check(text == cut and finish == ["stop"], f"streamed stop {stop!r}: {text!r} {finish} vs {cut!r}")
+
 # Sampling with a seed repeats itself.
 a = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0.9, top_p=0.9, seed=7)
 b = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0.9, top_p=0.9, seed=7)
