@@ -82,7 +82,7 @@ public enum SubmitError: Error, CustomStringConvertible, Equatable, Sendable {
         case let .exceedsRequestLimit(needed, limit):
             "prompt plus max_tokens is \(needed) tokens, past this server's limit of \(limit) per request; lower max_tokens or shorten the prompt"
         case let .queueFull(limit):
-            "the server is busy: \(limit) requests are already waiting; retry later"
+            "the server is busy: \(limit == 1 ? "1 request is" : "\(limit) requests are") already waiting; retry later"
         case let .invalidPrompt(why):
             why
         case .shuttingDown:

@@ -5,9 +5,13 @@ on the same model (greedy, so the text must be identical).
 usage: python3 Tests/e2e/test_openai.py SHOAL MODEL_DIR
 """
 import json
+import re
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import urllib.request
 
 import openai
 
@@ -121,6 +125,40 @@ for what, call in [
 r = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0)
 check(r.choices[0].text == completion_alone, "still serving after the errors")
 
+code = serve.stop(proc)
+check(code == 0, f"SIGTERM: exit {code}")
+
+# The real queue: one batch slot and one waiting place. One request runs (its stream has begun),
+# one waits (the queue gauge says so), and the next is refused with OpenAI's 429; when the
+# running one hangs up, the waiting one is served.
+proc, base, _ = serve.start_serve(shoal, model, ["--max-batch", "1", "--max-queue", "1"])
+client = openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+def queue_depth():
+    text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+    return float(re.search(r"^shoal_queue_depth (\S+)$", text, re.M).group(1))
+
+
+running = client.completions.create(model="tiny", prompt=prompt, max_tokens=400, temperature=0, stream=True)
+first = next(iter(running))
+waiting = {}
+waiter = threading.Thread(target=lambda: waiting.update(
+    r=client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0)))
+waiter.start()
+deadline = time.time() + 30
+while queue_depth() < 1 and time.time() < deadline:
+    time.sleep(0.05)
+try:
+    client.completions.create(model="tiny", prompt=prompt, max_tokens=4)
+    check(False, "a third request while the queue is full: no error")
+except openai.RateLimitError as e:
+    body = e.body if isinstance(e.body, dict) else {}
+    check(e.status_code == 429 and body.get("code") == "rate_limit_exceeded", f"queue full: 429 {body.get('message')!r}")
+running.close()
+waiter.join(timeout=120)
+check("r" in waiting and waiting["r"].choices[0].text == completion_alone,
+      "the waiting request is served once the running one hangs up")
 code = serve.stop(proc)
 check(code == 0, f"SIGTERM: exit {code}")
 check.finish()
