@@ -7,6 +7,7 @@ usage: python3 Tests/e2e/test_grpc_clients.py SHOAL MODEL_DIR
 import json
 import subprocess
 import sys
+import tempfile
 
 import serve
 
@@ -34,7 +35,25 @@ chat = run(["chat", "--coordinator", grpc, "--max-tokens", "8", "--temperature",
 lines = [l for l in chat.stdout.split("\n") if l.strip()]
 check(chat.returncode == 0, f"chat exits 0 (stderr: {chat.stderr.strip()[:200]})")
 check(len(lines) == 3 and lines[0] == lines[2], f"chat: 3 replies, the first and post-reset equal: {lines}")
-check(lines[0] != lines[1] if len(lines) == 3 else False, "chat: the second turn saw the history")
+# The second reply is the one `shoal generate --chat` gives alone for the whole conversation
+# (the first exchange included), and not the one for the second question alone: the history
+# reached the coordinator.
+def alone(messages):
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(messages, f)
+    out = run(["generate", "--model", model, "--threads", "1", "--max-tokens", "8", "--temperature", "0", "--json",
+               "--chat", f.name])
+    return json.loads(out.stdout)["text"]
+
+
+if len(lines) == 3:
+    with_history = alone([{"role": "user", "content": "Name a fish."}, {"role": "assistant", "content": lines[0]},
+                          {"role": "user", "content": "And another?"}])
+    without = alone([{"role": "user", "content": "And another?"}])
+    check(lines[1] == with_history and with_history != without,
+          f"chat: the second turn saw the history: {lines[1]!r}, alone with it {with_history!r}, without {without!r}")
+else:
+    check(False, "chat: the second turn saw the history (no second reply)")
 
 bad = run(["generate", "--coordinator", grpc, "--ids", "1,99999", "--max-tokens", "4"])
 check(bad.returncode == 1 and "error:" in bad.stderr and "99999" in bad.stderr,
