@@ -162,8 +162,9 @@ INLINE void q6K_block(const uint8_t *w, size_t step, int S, const block_head *he
 // Q4_K heads left in registers had each multiplier extracted and broadcast by two shuffles
 // (vshufps + vshuff64x2), which compete with the table permutes below for the shuffle ports;
 // read from memory, each becomes an embedded broadcast operand (vmulps m32{1to16}), no shuffle.
-// Measured on Zen 5 (a scratch harness, Q4_K GEMV 3584x1024, 32 matrices from DRAM, one
-// thread, medians of 7): 11.4-11.9 -> 14.4-14.7 GB/s, the same bits.
+// Measured on Zen 5, the same bits: `shoal bench-kernels --type q4_k --tokens 1 --threads 1
+// --matrices 32`, 3 interleaved runs, 11.4 / 12.3 / 14.1 -> 13.1 / 13.7 / 13.5 GB/s (a scratch
+// harness on the same shape: 11.4-11.9 -> 14.4-14.7).
 INLINE void keep_in_memory(const void *p) { __asm__ volatile("" : : "r"(p) : "memory"); }
 
 #if SHOAL_VW == 16 && defined(__x86_64__)

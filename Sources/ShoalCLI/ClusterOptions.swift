@@ -76,7 +76,7 @@ struct ClusterOptions: ParsableArguments {
         controllerOptions.security = node.security
         let controller = try PlacementController(remote: remote, checkpoint: engine.checkpoint, options: controllerOptions)
         let server = try RPCServer.start(listen: clusterListen, security: node.security, unary: controller.handlers)
-        let elastic = Coordinator.Elastic(controller: controller, server: server, address: Endpoint(clusterListen).map { $0.with(port: server.port).description } ?? clusterListen)
+        let elastic = Coordinator.Elastic(controller: controller, server: server, address: boundAddress(clusterListen, port: server.port))
         if !startWithMissingPairs {
             printErr("waiting for workers to join on \(elastic.address) (shoal worker --join \(elastic.address))")
             let deadline = ContinuousClock.now + .milliseconds(Int64(joinWait * 1000))

@@ -40,6 +40,12 @@ struct NodeSecurity {
     }
 }
 
+/// `listen` with the port a listener actually bound in place of the one asked for (0), as the
+/// ready lines print it; `listen` as given if it is not HOST:PORT (its listener refused it first).
+func boundAddress(_ listen: String, port: Int) -> String {
+    Endpoint(listen)?.with(port: port).description ?? listen
+}
+
 /// A throwaway authority for a cluster this process starts on loopback (`shoal demo`,
 /// `shoal bench --workers --tls`): one identity folder the workers share, and the
 /// coordinator's own. The folder goes away with `remove()`.

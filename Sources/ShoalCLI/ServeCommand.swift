@@ -121,12 +121,12 @@ struct ServeCommand: ParsableCommand {
             }
             // Written unbuffered: whoever started us may wait for this line on a pipe.
             FileHandle.standardOutput.write(Data((
-                "shoal serve ready: http \(server.httpPort.map { address(http, $0) } ?? "off"), "
-                    + "grpc \(server.grpcPort.map { address(grpc, $0) } ?? "off"), model \(options.modelName) "
+                "shoal serve ready: http \(server.httpPort.map { boundAddress(http, port: $0) } ?? "off"), "
+                    + "grpc \(server.grpcPort.map { boundAddress(grpc, port: $0) } ?? "off"), model \(options.modelName) "
                     + "(\(experts)), batch \(maxBatch), KV cache \(kv) tokens (\(formatBytes(kv * bytesPerToken))), "
                     + "\(options.scheduler.maxRequestTokens) per request, "
                     + (keys == nil ? "no API keys" : "API keys required")
-                    + (server.metricsPort.map { ", metrics \(address(metrics!, $0))" } ?? "") + "\n").utf8))
+                    + (server.metricsPort.map { ", metrics \(boundAddress(metrics!, port: $0))" } ?? "") + "\n").utf8))
             stop.wait()
             log.info("stopping", metadata: ["grace_seconds": "\(grace)"])
             server.shutdown(grace: .milliseconds(Int64(grace * 1000)))
@@ -157,11 +157,6 @@ struct ServeCommand: ParsableCommand {
         if keys != nil, exposed(grpc), tlsCert == nil {
             printErr("warning: the gRPC API on \(grpc) has no --tls-cert: API keys and prompts cross the network unencrypted")
         }
-    }
-
-    /// `listen` (checked by `checkListeners`) with the bound port in place of the one asked for (0).
-    private func address(_ listen: String, _ port: Int) -> String {
-        Endpoint(listen)?.with(port: port).description ?? listen
     }
 }
 

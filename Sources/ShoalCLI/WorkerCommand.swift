@@ -84,7 +84,7 @@ struct WorkerCommand: ParsableCommand {
             // Signals are taken before the server starts, so none is lost between the two.
             let stop = StopSignal()
             let server = try worker.startServer(listen: listen, security: node.security)
-            let address = Endpoint(listen).map { $0.with(port: server.port).description } ?? listen
+            let address = boundAddress(listen, port: server.port)
             // Written unbuffered: whoever started us waits for this line on a pipe.
             var membership: JoinClient?
             let holds: String

@@ -232,7 +232,8 @@ enum WebConsole {
         const health = await fetch("/health");
         $("health").textContent = health.ok ? "ready" : "not ready (" + health.status + ")";
       } catch (e) { $("health").textContent = "unreachable"; }
-      try {
+      // The model never changes under a running server: asked for until it is known.
+      if (!state.model) try {
         const r = await fetch("/v1/models", { headers: headers() });
         if (r.status === 401) { $("model").textContent = "API key needed"; return; }
         const models = await r.json();
