@@ -85,6 +85,18 @@ import ShoalTestSupport
         }
     }
 
+    /// A joining worker must give the coordinator an address it can dial back.
+    @Test func aJoiningWorkerNeedsAnAddressToBeDialled() throws {
+        let model = try Fixtures.path("models/tiny-f32/hf")
+        for (arguments, says) in [
+            (["--listen", "0.0.0.0:0", "--insecure"], "--listen 0.0.0.0:0 has no address a coordinator can dial: give --advertise HOST:PORT"),
+            (["--listen", "127.0.0.1:0", "--advertise", "0.0.0.0:5"], "--advertise 0.0.0.0:5: expected HOST:PORT that a coordinator can dial"),
+        ] {
+            let r = try shoal(["worker", "--model", model, "--join", "127.0.0.1:1"] + arguments)
+            #expect(r.status == 1 && r.stderr.contains(says), "\(arguments): \(r.status) \(r.stderr)")
+        }
+    }
+
     @Test func synthRefusesBadOptions() throws {
         let dir = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -144,6 +144,7 @@ import Testing
         r = good(); r.protocolVersion = 1; cases.append(("another protocol", r, .failedPrecondition))
         r = good(); r.address = "nowhere"; cases.append(("no port", r, .invalidArgument))
         r = good(); r.address = "host:0"; cases.append(("port 0", r, .invalidArgument))
+        r = good(); r.address = "0.0.0.0:80"; cases.append(("every interface, not an address to dial", r, .invalidArgument))
         r = good(); r.address = "a b:80"; cases.append(("a space", r, .invalidArgument))
         r = good(); r.address = String(repeating: "h", count: 300) + ":80"; cases.append(("300 bytes", r, .invalidArgument))
         r = good(); r.memoryBytes = 1 << 60; cases.append(("an exabyte", r, .invalidArgument))
