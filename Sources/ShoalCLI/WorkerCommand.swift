@@ -31,6 +31,8 @@ struct WorkerCommand: ParsableCommand {
     var memory: String?
     @Option(help: "With --join: HOST:PORT the coordinator dials to reach this worker (default: --listen with its bound port; needed when listening on 0.0.0.0).")
     var advertise: String?
+    @Option(help: "With --join: the read bandwidth to offer, in GB/s, instead of measuring it at start (a short read that a busy host can get wrong by tens of percent); the coordinator gives a worker well above or below the others' median more or fewer experts.")
+    var readBandwidth: Double?
     @Option(help: "Address to listen on; port 0 picks a free port (see the ready line). Off loopback it needs --tls (or --insecure).")
     var listen = "127.0.0.1:50051"
     @Option(help: "Folder with this node's identity (shoal certs issue): accept only coordinators the same authority signed, over mutual TLS.")
@@ -58,7 +60,12 @@ struct WorkerCommand: ParsableCommand {
         guard (experts == nil) != (join == nil) else {
             throw ValidationError("give either --experts SPEC (fixed experts) or --join COORDINATOR (experts assigned), not both")
         }
-        if join == nil, memory != nil || advertise != nil { throw ValidationError("--memory and --advertise go with --join") }
+        if join == nil, memory != nil || advertise != nil || readBandwidth != nil {
+            throw ValidationError("--memory, --advertise and --read-bandwidth go with --join")
+        }
+        if let readBandwidth, !(readBandwidth > 0 && readBandwidth.isFinite) {
+            throw ValidationError("--read-bandwidth \(readBandwidth): expected GB/s above 0")
+        }
         if let memory, parseByteSize(memory) == nil { throw ValidationError("--memory \(memory): expected a size like 12GiB") }
     }
 
@@ -95,7 +102,8 @@ struct WorkerCommand: ParsableCommand {
                         ? "--listen \(listen) has no address a coordinator can dial: give --advertise HOST:PORT"
                         : "--advertise \(advertised): expected HOST:PORT that a coordinator can dial")
                 }
-                let bandwidth = MemoryBandwidth.measureRead(pool: ComputePool(threads: threads), bytes: 64 << 20, repeats: 3)
+                let bandwidth = readBandwidth
+                    ?? MemoryBandwidth.measureRead(pool: ComputePool(threads: threads), bytes: 64 << 20, repeats: 3)
                 let defaults = defaultOfferedMemory()
                 membership = JoinClient(
                     coordinator: join, security: node.security, worker: worker,
@@ -103,7 +111,7 @@ struct WorkerCommand: ParsableCommand {
                     log: logger)
                 holds = "joining \(join) as \(advertised), offering \(formatBytes(offered)) of weights"
                     + (memory == nil ? " (\(formatBytes(defaults.available)) available minus \(formatBytes(defaults.margin)) kept back)" : "")
-                    + String(format: ", reads %.1f GB/s", bandwidth)
+                    + String(format: ", reads %.1f GB/s", bandwidth) + (readBandwidth == nil ? "" : " (as told)")
             } else {
                 holds = "experts \(experts!) of \(checkpoint.folder) "
                     + "(\(pairs.count) pairs, \(formatBytes(worker.weightBytes)) of weights: "

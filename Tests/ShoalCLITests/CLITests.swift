@@ -76,7 +76,10 @@ import ShoalTestSupport
             (["worker", "--model", model, "--experts", "0-3", "--join", "127.0.0.1:1"], "give either --experts SPEC"),
             (["worker", "--model", model], "give either --experts SPEC"),
             (["worker", "--model", model, "--join", "127.0.0.1:1", "--memory", "lots"], "--memory lots: expected a size like 12GiB"),
-            (["worker", "--model", model, "--experts", "0-3", "--memory", "1GiB"], "--memory and --advertise go with --join"),
+            (["worker", "--model", model, "--experts", "0-3", "--memory", "1GiB"], "--memory, --advertise and --read-bandwidth go with --join"),
+            (["worker", "--model", model, "--experts", "0-3", "--read-bandwidth", "5"], "--memory, --advertise and --read-bandwidth go with --join"),
+            (["worker", "--model", model, "--join", "127.0.0.1:1", "--read-bandwidth", "0"], "--read-bandwidth 0.0: expected GB/s above 0"),
+            (["worker", "--model", model, "--join", "127.0.0.1:1", "--read-bandwidth", "nan"], "expected GB/s above 0"),
             (["serve", "--model", model, "--placement", "auto", "--workers", "127.0.0.1:1"], "--workers and --placement auto"),
             (["serve", "--model", model, "--placement", "sideways"], "--placement"),
         ] {
