@@ -14,6 +14,11 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // SIMD kernels with per-function ISA attributes and a runtime CPUID choice:
@@ -59,9 +64,23 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
-        // A small HTTP/1.1 server over POSIX sockets: a thread per connection, strict parsing,
-        // chunked streaming, and a way to learn that the client went away.
-        .target(name: "ShoalHTTP"),
+        // The HTTP/1.1 server: Hummingbird's event-loop core (SwiftNIO), optionally over TLS, with
+        // per-client connection shares and head/body timeouts; each request's handler runs on a
+        // thread of its own and streams its answer with backpressure.
+        .target(
+            name: "ShoalHTTP",
+            dependencies: [
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The coordinator as a service: the continuous-batching scheduler, the OpenAI HTTP API,
         // the gRPC prompt API and the Prometheus metrics.
         .target(

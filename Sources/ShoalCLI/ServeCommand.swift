@@ -5,6 +5,7 @@ import Logging
 import ShoalCluster
 import ShoalModel
 import ShoalRPC
+import ShoalHTTP
 import ShoalServe
 
 /// `shoal serve`: the coordinator as a service (OpenAI HTTP API, gRPC prompt API, metrics).
@@ -43,7 +44,7 @@ struct ServeCommand: ParsableCommand {
     var corsOrigin: [String] = []
     @Option(help: "A second HTTP listener, HOST:PORT, serving only /metrics and /health without a key (for Prometheus and probes); off loopback it needs --insecure.")
     var metrics: String?
-    @Option(help: "PEM certificate (chain) for the gRPC prompt API: clients then connect over TLS.")
+    @Option(help: "PEM certificate (chain) of the prompt APIs: HTTP is then HTTPS, and gRPC clients connect over TLS (the metrics listener stays plain).")
     var tlsCert: String?
     @Option(help: "PEM private key of --tls-cert.") var tlsKey: String?
     @Option(help: "Most KV-cache positions (prompt plus max_tokens) one request may reserve (default: a quarter of the KV cache, within the context).")
@@ -95,6 +96,7 @@ struct ServeCommand: ParsableCommand {
             options.scheduler.clientShare = clientShare
             options.metrics = metrics
             options.grpcSecurity = grpcSecurity
+            options.httpTLS = tlsCert.map { HTTPServerTLS(certificateChainFile: $0, privateKeyFile: tlsKey!) }
             if let controller = coordinator.elastic?.controller {
                 options.clusterJSON = { controller.status().json() }
             }
@@ -121,7 +123,7 @@ struct ServeCommand: ParsableCommand {
             }
             // Written unbuffered: whoever started us may wait for this line on a pipe.
             FileHandle.standardOutput.write(Data((
-                "shoal serve ready: http \(server.httpPort.map { boundAddress(http, port: $0) } ?? "off"), "
+                "shoal serve ready: \(tlsCert == nil ? "http" : "https") \(server.httpPort.map { boundAddress(http, port: $0) } ?? "off"), "
                     + "grpc \(server.grpcPort.map { boundAddress(grpc, port: $0) } ?? "off"), model \(options.modelName) "
                     + "(\(experts)), batch \(maxBatch), KV cache \(kv) tokens (\(formatBytes(kv * bytesPerToken))), "
                     + "\(options.scheduler.maxRequestTokens) per request, "
@@ -151,8 +153,8 @@ struct ServeCommand: ParsableCommand {
             }
             printErr("warning: --insecure: \(what) serves anyone who can reach it, without a key")
         }
-        if keys != nil, exposed(http) {
-            printErr("warning: the HTTP API on \(http) is plain HTTP: API keys and prompts cross the network unencrypted; put a TLS proxy in front of it")
+        if keys != nil, exposed(http), tlsCert == nil {
+            printErr("warning: the HTTP API on \(http) is plain HTTP: API keys and prompts cross the network unencrypted; give --tls-cert and --tls-key (or put a TLS proxy in front of it)")
         }
         if keys != nil, exposed(grpc), tlsCert == nil {
             printErr("warning: the gRPC API on \(grpc) has no --tls-cert: API keys and prompts cross the network unencrypted")

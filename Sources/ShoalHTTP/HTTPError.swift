@@ -1,15 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// What the server's public API throws.
 public enum HTTPError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// `host` did not resolve to an address (getaddrinfo's message).
-    case addressResolution(host: String, message: String)
-    /// No address of `host` could be bound to `port`; `errno` is from the last attempt.
-    case bindFailed(host: String, port: Int, errno: Int32)
-    /// A socket call other than bind failed while starting the server.
-    case socketCall(String, errno: Int32)
+    /// The server could not listen on `host:port` (a name that does not resolve, a port in
+    /// use, an address not of this host).
+    case listenFailed(host: String, port: Int, reason: String)
+    /// The HTTPS certificate or key did not load.
+    case tlsFiles(String)
     /// The peer closed or reset the connection, or the server shut the connection down.
     case clientGone
     /// The peer stopped reading for longer than `HTTPLimits.writeTimeout`.
@@ -22,12 +17,10 @@ public enum HTTPError: Error, Sendable, Equatable, CustomStringConvertible {
     /// A sentence for logs.
     public var description: String {
         switch self {
-        case let .addressResolution(host, message):
-            "cannot resolve '\(host)': \(message)"
-        case let .bindFailed(host, port, code):
-            "cannot listen on \(host):\(port): \(String(cString: strerror(code)))"
-        case let .socketCall(call, code):
-            "\(call) failed: \(String(cString: strerror(code)))"
+        case let .listenFailed(host, port, reason):
+            "cannot listen on \(host):\(port): \(reason)"
+        case let .tlsFiles(message):
+            message
         case .clientGone:
             "the client went away"
         case .writeTimedOut:

@@ -78,7 +78,9 @@ func hexValue(_ byte: UInt8) -> UInt8? {
 
 /// The bounds a server puts on its clients.
 public struct HTTPLimits: Sendable {
-    /// Open connections at most; one more is answered 503 and closed.
+    /// Open connections at most (and fewer than the process may open files); one more is
+    /// answered 503 and closed. An idle connection costs a socket and a few kilobytes, no
+    /// thread.
     public var maxConnections: Int
     /// Open connections from one client address at most; one more from it is answered 503
     /// and closed, so no client can take every connection.
@@ -101,7 +103,7 @@ public struct HTTPLimits: Sendable {
     public var writeTimeout: Duration
 
     /// Limits; the defaults suit an LLM API (bodies are prompts).
-    public init(maxConnections: Int = 1024, maxConnectionsPerClient: Int = 64, maxHeaderBytes: Int = 32 << 10,
+    public init(maxConnections: Int = 8192, maxConnectionsPerClient: Int = 64, maxHeaderBytes: Int = 32 << 10,
                 maxBodyBytes: Int = 4 << 20, headerTimeout: Duration = .seconds(30),
                 busyHeaderTimeout: Duration = .seconds(2), bodyTimeout: Duration = .seconds(30),
                 writeTimeout: Duration = .seconds(60)) {

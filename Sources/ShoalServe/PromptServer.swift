@@ -24,6 +24,9 @@ public final class PromptServer: @unchecked Sendable {
         public var access = HTTPAccess()
         /// TLS of the gRPC prompt API (server certificate only); nil: plaintext.
         public var grpcSecurity: RPCSecurity?
+        /// The HTTP API's certificate and key (HTTPS); nil: plain HTTP. The metrics listener
+        /// stays plain: it is for a scraper on the same host.
+        public var httpTLS: HTTPServerTLS?
         /// The cluster's status as JSON for `GET /v1/cluster`; nil: from the engine's remote
         /// experts when it has them (fixed placement).
         public var clusterJSON: (@Sendable () -> Data)?
@@ -80,7 +83,7 @@ public final class PromptServer: @unchecked Sendable {
                 }
                 let api = OpenAIAPI(service: scheduler, modelName: options.modelName, access: access,
                                     metricsText: { metrics.render() }, clusterJSON: clusterJSON, log: log)
-                return try HTTPServer.start(host: host, port: port) { request, responder in
+                return try HTTPServer.start(host: host, port: port, tls: options.httpTLS) { request, responder in
                     api.handle(request, responder)
                 }
             }

@@ -31,21 +31,6 @@ struct StreamingTests {
         }
     }
 
-    @Test func http10StreamIsDelimitedByClose() throws {
-        let handler: HTTPServer.Handler = { _, responder in
-            try? responder.startStream(status: 200, headers: [])
-            try? responder.write(Array("abc".utf8))
-            try? responder.finishStream()
-        }
-        try withServer(handler: handler) { server in
-            let client = try RawClient(port: server.port)
-            try client.send("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-            let response = try client.readResponse()
-            #expect(response.headers["connection"] == "close")
-            #expect(response.text == "abc")
-        }
-    }
-
     @Test func writeFailsSoonAfterClientDisconnects() throws {
         let failed = Flag()
         let handler: HTTPServer.Handler = { _, responder in
