@@ -371,10 +371,30 @@ public final class RemoteExperts: ExpertBackend {
 
     // MARK: - The MoE layer
 
+    /// One layer in four steps: place each route on a live holder, send every worker its
+    /// part, check every answer before any is used, and add the partial sums in the order one
+    /// process would.
     public func moe(layer: Int, x: UnsafePointer<Float>, routes: Routes, out: UnsafeMutablePointer<Float>) throws {
         // A new placement switches between forward passes, never inside one.
         if layer == 0 { applyStaged() }
         applyProbes()
+        try place(routes, layer: layer)
+        let exchanged = try send(layer: layer, x: x, tokens: routes.tokenCount)
+        try check(exchanged, layer: layer, tokens: routes.tokenCount)
+        combine(routes, into: out)
+    }
+
+    /// The requests of one layer, and what came back.
+    private struct Exchanged {
+        var requests: [RPCPayload?]
+        var answers: [Fanout.Answer?]
+        var sent: Int
+        var elapsed: Duration
+    }
+
+    /// Fills `plans` (each worker's tokens and routes) and `slotWorker`/`slotRow` (where each
+    /// route's sum will be found).
+    private func place(_ routes: Routes, layer: Int) throws {
         let n = routes.tokenCount, k = routes.k, slots = n * k
         rotation &+= 1
         for w in plans.indices { plans[w].reset() }
@@ -382,8 +402,6 @@ public final class RemoteExperts: ExpertBackend {
             slotWorker = Array(repeating: 0, count: slots)
             slotRow = Array(repeating: 0, count: slots)
         }
-
-        // Place every route on a worker.
         for t in 0..<n {
             for s in (t * k)..<(t * k + k) {
                 let e = Int(routes.experts[s])
@@ -396,9 +414,11 @@ public final class RemoteExperts: ExpertBackend {
                 plans[w].routeWeight.append(routes.weights[s])
             }
         }
+    }
 
-        // One request per worker with work, all in flight at once, each on its worker's stream;
-        // a stream known to have ended is replaced first.
+    /// One request per worker with work, all in flight at once, each on its worker's stream;
+    /// a stream known to have ended is replaced first.
+    private func send(layer: Int, x: UnsafePointer<Float>, tokens n: Int) throws -> Exchanged {
         let wire = options.wireDType
         var requests: [RPCPayload?] = Array(repeating: nil, count: workers.count)
         var sent = 0
@@ -428,20 +448,25 @@ public final class RemoteExperts: ExpertBackend {
                 answers[w] = answer
             }
         }
-        let elapsed = ContinuousClock.now - start
+        return Exchanged(requests: requests, answers: answers, sent: sent, elapsed: ContinuousClock.now - start)
+    }
 
-        // Every answer checked before any is used; the first failure (in worker order) is thrown.
+    /// Checks every answer before any is used (the first failure, in worker order, is thrown
+    /// and marks its worker down), records the layer's statistics, and decodes each worker's
+    /// partial sums into `partials`, refusing non-finite values.
+    private func check(_ exchanged: Exchanged, layer: Int, tokens n: Int) throws {
+        let wire = options.wireDType
         var outputs: [Data?] = Array(repeating: nil, count: workers.count)
         var received = 0, slowest = Duration.zero
         for w in plans.indices {
-            guard let answer = answers[w] else { continue }
+            guard let answer = exchanged.answers[w] else { continue }
             workers[w].calls += 1
             workers[w].callSeconds += answer.elapsed.seconds
             if case .failure = answer.result { workers[w].failures += 1 }
             if let callObserver {
                 let failed = if case .failure = answer.result { true } else { false }
                 let size = if case .success(let payload) = answer.result { payload.count } else { 0 }
-                callObserver(workers[w].address, answer.elapsed, failed, requests[w]?.count ?? 0, size)
+                callObserver(workers[w].address, answer.elapsed, failed, exchanged.requests[w]?.count ?? 0, size)
             }
             switch answer.result {
             case .failure(let error):
@@ -468,15 +493,12 @@ public final class RemoteExperts: ExpertBackend {
                 slowest = max(slowest, .microseconds(Int64(clamping: response.computeMicros)))
             }
         }
-        stats.record(.init(layer: layer, tokens: n, elapsed: elapsed, sent: sent, received: received,
-                                  workerCompute: slowest))
+        stats.record(.init(layer: layer, tokens: n, elapsed: exchanged.elapsed, sent: exchanged.sent, received: received,
+                           workerCompute: slowest))
         if ContinuousClock.now - lastPublished >= .milliseconds(500) { publishWorkers() }
         if recentRates.count == 32 { recentRates.removeFirst() }
-        recentRates.append(elapsed.seconds / Double(max(1, n)))
+        recentRates.append(exchanged.elapsed.seconds / Double(max(1, n)))
 
-        // out[t] = 0 + partial(first worker) + partial(second) …, in the order of each
-        // worker's lowest expert for t, which is the order its first slot appears in.
-        out.update(repeating: 0, count: n * dim)
         for w in plans.indices {
             guard let output = outputs[w] else { continue }
             let rows = plans[w].tokens.count
@@ -490,6 +512,13 @@ public final class RemoteExperts: ExpertBackend {
                                 detail: "non-finite value \(p[bad]) in row \(bad / dim) of its output")
             }
         }
+    }
+
+    /// out[t] = 0 + partial(first worker) + partial(second) …, in the order of each worker's
+    /// lowest expert for t, which is the order its first slot appears in.
+    private func combine(_ routes: Routes, into out: UnsafeMutablePointer<Float>) {
+        let n = routes.tokenCount, k = routes.k
+        out.update(repeating: 0, count: n * dim)
         for t in 0..<n {
             for s in (t * k)..<(t * k + k) {
                 let w = slotWorker[s]
