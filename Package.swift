@@ -50,8 +50,9 @@ let package = Package(
         .target(name: "CShoalOS"),
         // Storage, dtypes, safetensors, the compute pool and the kernels' Swift surface.
         .target(name: "ShoalTensor", dependencies: ["CShoalKernels", "CShoalOS"]),
-        // SentencePiece BPE and the Mistral v1 chat format.
-        .target(name: "ShoalTokenizer"),
+        // SentencePiece BPE and the Mistral v1 chat format; the model file through messages
+        // generated from Protos/sentencepiece (scripts/generate-protos).
+        .target(name: "ShoalTokenizer", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // Config, weight loading, the Mixtral forward pass, experts, sampler, generation.
         .target(name: "ShoalModel", dependencies: ["ShoalTensor", "ShoalTokenizer"]),
         // The cluster: the worker's service over local experts, and the coordinator's remote

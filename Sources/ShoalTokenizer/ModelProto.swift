@@ -1,5 +1,8 @@
-// The subset of sentencepiece_model.proto (google/sentencepiece, src/) that encoding
-// and decoding depend on. Field numbers are the proto's; defaults are the proto2 defaults.
+// The settings of a SentencePiece model that encoding and decoding depend on, read from the
+// generated `Sentencepiece_ModelProto` (Protos/sentencepiece/sentencepiece_model.proto) or
+// made from a GGUF vocabulary.
+import Foundation
+import SwiftProtobuf
 
 /// The kind of a vocabulary piece, numbered as `ModelProto.SentencePiece.Type`.
 public enum PieceType: Int, Sendable, CaseIterable {
@@ -51,81 +54,39 @@ struct ModelProto {
     /// A model with the proto defaults and no pieces.
     init() {}
 
-    /// Parses `bytes` as a `ModelProto`. Unknown fields are skipped, as protobuf does;
-    /// repeated occurrences of a sub-message merge into one, also as protobuf does.
+    /// Parses `bytes` as a `ModelProto` (the generated `Sentencepiece_ModelProto`, from
+    /// `Protos/sentencepiece`). Unknown fields are skipped and repeated occurrences of a
+    /// sub-message merge into one, as protobuf does.
     init(parsing bytes: ArraySlice<UInt8>) throws(TokenizerError) {
-        var reader = WireReader(bytes, context: "ModelProto")
-        while let (field, value) = try reader.next() {
-            switch field {
-            case 1: pieces.append(try Self.parsePiece(value.bytes(field: 1, in: "ModelProto"), index: pieces.count))
-            case 2: try parseTrainerSpec(value.bytes(field: 2, in: "ModelProto"))
-            case 3: try parseNormalizerSpec(value.bytes(field: 3, in: "ModelProto"))
-            case 5: try parseDenormalizerSpec(value.bytes(field: 5, in: "ModelProto"))
-            default: continue
+        let proto: Sentencepiece_ModelProto
+        do {
+            proto = try Sentencepiece_ModelProto(serializedBytes: Array(bytes))
+        } catch {
+            throw .malformedModel("ModelProto: \(error)")
+        }
+        pieces = try proto.pieces.enumerated().map { (index, piece) throws(TokenizerError) in
+            guard let type = PieceType(rawValue: Int(piece.type)) else {
+                throw .malformedModel("SentencePiece #\(index): unknown piece type \(piece.type)")
             }
+            return Piece(piece: piece.piece, score: piece.score, type: type)
         }
-    }
-
-    private static func parsePiece(_ bytes: ArraySlice<UInt8>, index: Int) throws(TokenizerError) -> Piece {
-        let context = "SentencePiece #\(index)"
-        var piece = Piece(piece: "", score: 0, type: .normal)
-        var reader = WireReader(bytes, context: context)
-        while let (field, value) = try reader.next() {
-            switch field {
-            case 1: piece.piece = try value.string(field: 1, in: context)
-            case 2: piece.score = try value.float(field: 2, in: context)
-            case 3:
-                let raw = try value.int32(field: 3, in: context)
-                guard let type = PieceType(rawValue: raw) else {
-                    throw .malformedModel("\(context): unknown piece type \(raw)")
-                }
-                piece.type = type
-            default: continue
-            }
-        }
-        return piece
-    }
-
-    private mutating func parseTrainerSpec(_ bytes: ArraySlice<UInt8>) throws(TokenizerError) {
-        let context = "TrainerSpec"
-        var reader = WireReader(bytes, context: context)
-        while let (field, value) = try reader.next() {
-            switch field {
-            case 3: modelType = try value.int32(field: field, in: context)
-            case 24: treatWhitespaceAsSuffix = try value.bool(field: field, in: context)
-            case 25: splitDigits = try value.bool(field: field, in: context)
-            case 35: byteFallback = try value.bool(field: field, in: context)
-            case 44: unkSurface = try value.string(field: field, in: context)
-            // An empty name means "use the default", as SentencePiece reads these fields.
-            case 45: unkPiece = try Self.nonEmpty(value.string(field: field, in: context), or: unkPiece)
-            case 46: bosPiece = try Self.nonEmpty(value.string(field: field, in: context), or: bosPiece)
-            case 47: eosPiece = try Self.nonEmpty(value.string(field: field, in: context), or: eosPiece)
-            default: continue
-            }
-        }
-    }
-
-    private mutating func parseNormalizerSpec(_ bytes: ArraySlice<UInt8>) throws(TokenizerError) {
-        let context = "NormalizerSpec"
-        var reader = WireReader(bytes, context: context)
-        while let (field, value) = try reader.next() {
-            switch field {
-            case 1: normalizerName = try value.string(field: field, in: context)
-            case 2: hasPrecompiledCharsmap = try !value.bytes(field: field, in: context).isEmpty
-            case 3: addDummyPrefix = try value.bool(field: field, in: context)
-            case 4: removeExtraWhitespaces = try value.bool(field: field, in: context)
-            case 5: escapeWhitespaces = try value.bool(field: field, in: context)
-            default: continue
-            }
-        }
-    }
-
-    private mutating func parseDenormalizerSpec(_ bytes: ArraySlice<UInt8>) throws(TokenizerError) {
-        var reader = WireReader(bytes, context: "DenormalizerSpec")
-        while let (field, value) = try reader.next() {
-            guard field == 2 else { continue }
-            hasDenormalizerCharsmap = try !value.bytes(field: field, in: "DenormalizerSpec").isEmpty
-        }
+        let trainer = proto.trainerSpec
+        modelType = Int(trainer.modelType)
+        treatWhitespaceAsSuffix = trainer.treatWhitespaceAsSuffix
+        splitDigits = trainer.splitDigits
+        byteFallback = trainer.byteFallback
+        unkSurface = trainer.unkSurface
+        // An empty name means "use the default", as SentencePiece reads these fields.
+        unkPiece = Self.nonEmpty(trainer.unkPiece, or: unkPiece)
+        bosPiece = Self.nonEmpty(trainer.bosPiece, or: bosPiece)
+        eosPiece = Self.nonEmpty(trainer.eosPiece, or: eosPiece)
+        let normalizer = proto.normalizerSpec
+        normalizerName = normalizer.name
+        hasPrecompiledCharsmap = !normalizer.precompiledCharsmap.isEmpty
+        addDummyPrefix = normalizer.addDummyPrefix
+        removeExtraWhitespaces = normalizer.removeExtraWhitespaces
+        escapeWhitespaces = normalizer.escapeWhitespaces
+        hasDenormalizerCharsmap = !proto.denormalizerSpec.precompiledCharsmap.isEmpty
     }
 
     private static func nonEmpty(_ value: String, or fallback: String) -> String {

@@ -1,3 +1,5 @@
+import SwiftProtobuf
+
 /// Writes a SentencePiece `ModelProto` (the `tokenizer.model` wire format), so that a project
 /// tool can generate a tokenizer for random-weight demo checkpoints.
 public enum SentencePieceModelWriter {
@@ -22,32 +24,27 @@ public enum SentencePieceModelWriter {
             Int32(pieces.firstIndex { $0.type == type && $0.piece == name } ?? -1)
         }
 
-        var trainer = WireWriter()
-        trainer.int32(3, 2)  // model_type = BPE
-        trainer.int32(4, Int32(clamping: pieces.count))  // vocab_size
-        trainer.bool(35, byteFallback)
-        trainer.int32(40, Int32(pieces.firstIndex { $0.type == .unknown } ?? 0))  // unk_id
-        trainer.int32(41, id(of: "<s>", type: .control))  // bos_id
-        trainer.int32(42, id(of: "</s>", type: .control))  // eos_id
-        trainer.int32(43, -1)  // pad_id
-
-        var normalizer = WireWriter()
-        normalizer.string(1, "identity")
-        normalizer.bool(3, addDummyPrefix)
-        normalizer.bool(4, false)  // remove_extra_whitespaces
-        normalizer.bool(5, true)  // escape_whitespaces
-
-        var model = WireWriter()
-        for piece in pieces {
-            var entry = WireWriter()
-            entry.string(1, piece.piece)
-            entry.float(2, piece.score)
-            entry.int32(3, Int32(piece.type.rawValue))
-            model.lengthDelimited(1, entry.bytes)
+        var model = Sentencepiece_ModelProto()
+        model.pieces = pieces.map { piece in
+            var entry = Sentencepiece_ModelProto.SentencePiece()
+            entry.piece = piece.piece
+            entry.score = piece.score
+            entry.type = Int32(piece.type.rawValue)
+            return entry
         }
-        model.lengthDelimited(2, trainer.bytes)
-        model.lengthDelimited(3, normalizer.bytes)
-        return model.bytes
+        model.trainerSpec.modelType = 2  // BPE
+        model.trainerSpec.vocabSize = Int32(clamping: pieces.count)
+        model.trainerSpec.byteFallback = byteFallback
+        model.trainerSpec.unkID = Int32(pieces.firstIndex { $0.type == .unknown } ?? 0)
+        model.trainerSpec.bosID = id(of: "<s>", type: .control)
+        model.trainerSpec.eosID = id(of: "</s>", type: .control)
+        model.trainerSpec.padID = -1
+        model.normalizerSpec.name = "identity"
+        model.normalizerSpec.addDummyPrefix = addDummyPrefix
+        model.normalizerSpec.removeExtraWhitespaces = false
+        model.normalizerSpec.escapeWhitespaces = true
+        // Serializing a message of plain fields cannot fail (no required fields, no Any).
+        return try! model.serializedBytes()
     }
 
     /// A synthetic BPE vocabulary of exactly `vocabSize` pieces, serialized; deterministic.
