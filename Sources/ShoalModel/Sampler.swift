@@ -14,9 +14,13 @@ public struct SamplingParameters: Sendable, Equatable {
     public var topP: Float = 1
     /// Seeds the random draws, so that a sampled run can be repeated.
     public var seed: UInt64 = 0
+    /// Added to the logits of these token ids before anything else (OpenAI's `logit_bias`):
+    /// +100 all but forces a token, -100 all but bans it.
+    public var logitBias: [Int: Float] = [:]
 
-    public init(temperature: Float = 0, topK: Int = 0, topP: Float = 1, seed: UInt64 = 0) {
+    public init(temperature: Float = 0, topK: Int = 0, topP: Float = 1, seed: UInt64 = 0, logitBias: [Int: Float] = [:]) {
         self.temperature = temperature; self.topK = topK; self.topP = topP; self.seed = seed
+        self.logitBias = logitBias
     }
 }
 
@@ -47,6 +51,8 @@ public struct Sampler: Sendable {
     public let parameters: SamplingParameters
     private var rng: Xoshiro256
     private var candidates: [(id: Int, p: Float)] = []
+    /// The logits with `logitBias` added, when there is a bias.
+    private var biased: [Float] = []
 
     public init(_ parameters: SamplingParameters) {
         self.parameters = parameters
@@ -71,6 +77,14 @@ public struct Sampler: Sendable {
     /// draw, and when no finite one is left the argmax stands in (callers check `allFinite`
     /// first and refuse such logits).
     public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int {
+        guard !parameters.logitBias.isEmpty else { return draw(logits) }
+        biased.removeAll(keepingCapacity: true)
+        biased.append(contentsOf: logits)
+        for (id, bias) in parameters.logitBias where biased.indices.contains(id) { biased[id] += bias }
+        return biased.withUnsafeBufferPointer { draw($0) }
+    }
+
+    private mutating func draw(_ logits: UnsafeBufferPointer<Float>) -> Int {
         let p = parameters
         if p.temperature <= 0 || p.topK == 1 { return Self.argmax(logits) }
         let maxLogit = logits.reduce(-Float.infinity) { $1.isFinite ? max($0, $1) : $0 }

@@ -60,6 +60,8 @@ struct TextCompletionRequest: Decodable {
 struct CompletionOptions {
     /// Most stop strings, as OpenAI allows.
     static let maxStopStrings = 4
+    /// Most `logit_bias` entries, as OpenAI allows.
+    static let maxLogitBiases = 300
 
     /// The `model` the request names, nil when it names none.
     var model: String?
@@ -88,8 +90,21 @@ struct CompletionOptions {
         let topK = try body.optional("top_k", "an integer", as: Int.self) ?? 0
         guard topK >= 0 else { throw .wrongValue("top_k", "must be 0 (off) or more, got \(topK)") }
         let seed = try body.optional("seed", "an integer", as: Int64.self).map { UInt64(bitPattern: $0) }
+        var logitBias: [Int: Float] = [:]
+        for (key, bias) in try body.optional("logit_bias", "an object", as: [String: Double].self) ?? [:] {
+            guard let id = Int(key), id >= 0 else {
+                throw .wrongValue("logit_bias", "keys must be token ids, got '\(key.prefix(40))'")
+            }
+            guard (-100...100).contains(bias) else {
+                throw .wrongValue("logit_bias", "biases must be between -100 and 100, got \(bias) for token \(id)")
+            }
+            logitBias[id] = Float(bias)
+        }
+        guard logitBias.count <= Self.maxLogitBiases else {
+            throw .wrongValue("logit_bias", "at most \(Self.maxLogitBiases) tokens, got \(logitBias.count)")
+        }
         sampling = SamplingParameters(temperature: Float(temperature), topK: topK, topP: Float(topP),
-                                      seed: seed ?? UInt64.random(in: 0...UInt64.max))
+                                      seed: seed ?? UInt64.random(in: 0...UInt64.max), logitBias: logitBias)
 
         stop = try body.optional("stop", "a string or an array of strings", as: StringOrArray.self)?.strings ?? []
         guard stop.count <= Self.maxStopStrings else {
@@ -103,9 +118,6 @@ struct CompletionOptions {
             if let value = try body.optional(penalty, "a number", as: Double.self), value != 0 {
                 throw .wrongValue(penalty, "penalties are not supported (only 0), got \(value)")
             }
-        }
-        if let bias = try body.optional("logit_bias", "an object", as: [String: Double].self), !bias.isEmpty {
-            throw .unsupported("logit_bias")
         }
 
         let n = try body.optional("n", "an integer", as: Int.self) ?? 1

@@ -150,6 +150,9 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
         if let bad = prompt.first(where: { $0 < 0 || $0 >= model.config.vocabSize }) {
             throw .invalidPrompt("token id \(bad) is outside the vocabulary (0..<\(model.config.vocabSize))")
         }
+        if let bad = parameters.sampling.logitBias.keys.first(where: { $0 >= model.config.vocabSize }) {
+            throw .invalidPrompt("logit_bias names token id \(bad), outside the vocabulary (0..<\(model.config.vocabSize))")
+        }
         guard parameters.maxTokens >= 1 else { throw .invalidPrompt("max_tokens must be at least 1") }
         let needed = prompt.count + parameters.maxTokens
         guard needed <= contextLimit else { throw .contextOverflow(needed: needed, limit: contextLimit) }

@@ -39,6 +39,20 @@ import ShoalTensor
         }
     }
 
+    /// `logitBias` is added before anything else: it moves the argmax, bans a token from a
+    /// draw, and an id past the vocabulary changes nothing.
+    @Test func logitBiasIsAddedBeforeSampling() {
+        let l: [Float] = [0.1, 3, 2.9, -1]
+        l.withUnsafeBufferPointer { p in
+            var lifted = Sampler(SamplingParameters(logitBias: [3: 4.2]))  // -1 + 4.2 = 3.2 > 3
+            var short = Sampler(SamplingParameters(logitBias: [3: 3.9]))   // -1 + 3.9 = 2.9 < 3
+            var outside = Sampler(SamplingParameters(logitBias: [4: 100]))
+            #expect(lifted.sample(p) == 3 && short.sample(p) == 1 && outside.sample(p) == 1)
+            var banned = Sampler(SamplingParameters(temperature: 1, seed: 3, logitBias: [1: -100, 2: -100]))
+            #expect((0..<300).allSatisfy { _ in [0, 3].contains(banned.sample(p)) })
+        }
+    }
+
     @Test func aSeedMakesSamplingRepeatable() {
         let l = (0..<100).map { Float($0 % 7) * 0.3 }
         func draw(seed: UInt64) -> [Int] {

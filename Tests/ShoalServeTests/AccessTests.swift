@@ -130,7 +130,7 @@ import Testing
 
             let unsupported: [(String, Any)] = [
                 ("tools", [["type": "function", "function": ["name": "f"]]]), ("functions", [["name": "f"]]),
-                ("response_format", ["type": "json_object"]), ("tool_choice", "auto"), ("logit_bias", ["1": 5]),
+                ("response_format", ["type": "json_object"]), ("tool_choice", "auto"),
                 ("presence_penalty", 0.5), ("n", 2), ("logprobs", true),
             ]
             for (field, value) in unsupported {

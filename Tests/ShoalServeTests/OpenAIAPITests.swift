@@ -47,6 +47,7 @@ struct OpenAIAPITests {
             try APIClient.request(port: port, "POST", "/v1/completions", json: [
                 "prompt": ["Once upon"], "max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 40,
                 "seed": -1, "stop": ["a", "b"], "n": 1, "echo": false, "logprobs": NSNull(),
+                "logit_bias": ["2": 100, "13": -5.5],
             ])
         }
         #expect(response.status == 200)
@@ -61,7 +62,8 @@ struct OpenAIAPITests {
         let submitted = try #require(service.requests.first)
         #expect(submitted.prompt == service.tokenizer.encode("Once upon", bos: true))
         #expect(submitted.parameters.maxTokens == 5)
-        #expect(submitted.parameters.sampling == SamplingParameters(temperature: 0.5, topK: 40, topP: 0.9, seed: UInt64.max))
+        #expect(submitted.parameters.sampling == SamplingParameters(temperature: 0.5, topK: 40, topP: 0.9, seed: UInt64.max,
+                                                                    logitBias: [2: 100, 13: -5.5]))
         #expect(submitted.parameters.stop == ["a", "b"])
     }
 
@@ -162,6 +164,10 @@ struct OpenAIAPITests {
         ("/v1/completions", "{\"prompt\": [1, 2]}", "prompt"),
         ("/v1/completions", "{\"prompt\": \"x\", \"echo\": true}", "echo"),
         ("/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 1}", "logprobs"),
+        ("/v1/completions", "{\"prompt\": \"x\", \"logit_bias\": {\"eos\": 5}}", "logit_bias"),
+        ("/v1/completions", "{\"prompt\": \"x\", \"logit_bias\": {\"-1\": 5}}", "logit_bias"),
+        ("/v1/completions", "{\"prompt\": \"x\", \"logit_bias\": {\"2\": 101}}", "logit_bias"),
+        ("/v1/completions", "{\"prompt\": \"x\", \"logit_bias\": [2]}", "logit_bias"),
     ])
     func badRequestIs400(path: String, body: String, param: String?) throws {
         let service = try ScriptedService(.events(Self.hello))

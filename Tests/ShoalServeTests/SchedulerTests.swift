@@ -61,6 +61,42 @@ import Testing
     }
 
     /// Two places, a KV budget for about two sequences: the rest wait, then run, unchanged.
+    /// A sequence that samples EOS mid-batch ends there (finish reason eos, the EOS piece not
+    /// in its text) and the others go on as they would alone. Random weights almost never
+    /// sample EOS, so a `logit_bias` on it is searched for with the one-sequence generator
+    /// (the reference) until a prompt ends by EOS after at least two tokens.
+    @Test func eosEndsOneSequenceOfTheBatch() async throws {
+        let folder = try FixtureFolder.path("models/tiny-f32/hf")
+        let (requests, alone, runs) = try await offPool {
+            let engine = try Engine(folder: folder, threads: 2)
+            let eos = engine.model.config.eosId
+            var ending: GenerationRequest?
+            search: for prompt in try ServeFixtures.prompts("tiny-f32") {
+                for bias in stride(from: Float(0), through: 40, by: 0.25) {
+                    let request = GenerationRequest(prompt: prompt, parameters: GenerationParameters(
+                        maxTokens: 24, sampling: SamplingParameters(logitBias: [eos: bias])))
+                    let result = try engine.generator.generate(prompt: request.prompt, parameters: request.parameters)
+                    guard result.finishReason == .eos else { continue }
+                    if result.ids.count >= 2 { ending = request; break search }
+                    continue search  // EOS won at the first token already: try another prompt
+                }
+            }
+            let requests = [try #require(ending, "no prompt ends by EOS after two tokens at any bias")]
+                + (try Self.requests("tiny-f32")).prefix(3)
+            let alone = try requests.map { try engine.generator.generate(prompt: $0.prompt, parameters: $0.parameters) }
+            var options = Scheduler.Options()
+            options.stepTokens = 6
+            return (requests, alone, try Self.runAll(requests, on: Scheduler(engine: engine, options: options)))
+        }
+        #expect(alone[0].finishReason == .eos && alone[0].ids.count >= 2)
+        for (i, run) in runs.enumerated() {
+            let summary = try #require(run.summary(within: 0), "request \(i) did not finish")
+            #expect(run.ids == alone[i].ids && run.text == alone[i].text, "request \(i)")
+            #expect(summary.finishReason == alone[i].finishReason, "request \(i)")
+            #expect(summary.completionTokens == alone[i].ids.count && summary.promptTokens == requests[i].prompt.count)
+        }
+    }
+
     @Test func waitingRequestsRunUnchanged() async throws {
         let folder = try FixtureFolder.path("models/tiny-bf16/hf")
         let requests = try Self.requests("tiny-bf16")
