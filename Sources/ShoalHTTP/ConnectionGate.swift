@@ -12,6 +12,7 @@ final class ConnectionRegistry: Sendable {
         var channels: [ObjectIdentifier: any Channel] = [:]
         var perClient: [String: Int] = [:]
         var stopping = false
+        var handlersRunning = 0
     }
 
     let limits: HTTPLimits
@@ -40,6 +41,18 @@ final class ConnectionRegistry: Sendable {
             if state.perClient[peer] == 0 { state.perClient[peer] = nil }
         }
     }
+
+    /// Counts a request whose handler is about to start on a thread of its own; false when
+    /// `maxHandlers` already run (the request then gets 503, without a thread).
+    func beginHandler() -> Bool {
+        state.withLockedValue { state in
+            guard state.handlersRunning < limits.maxHandlers else { return false }
+            state.handlersRunning += 1
+            return true
+        }
+    }
+
+    func endHandler() { state.withLockedValue { $0.handlersRunning -= 1 } }
 
     /// Whether more than half of the connections are taken: heads must then come quickly.
     var isBusy: Bool { state.withLockedValue { $0.channels.count > limits.maxConnections / 2 } }

@@ -6,8 +6,9 @@ import NIOCore
 /// One request and its response, on the connection's task: the checks the HTTP parser leaves
 /// to us, the body read up to its limit, then the handler on a thread of its own, whose
 /// response parts are written here one at a time, each acknowledged to the waiting handler.
-func respond(to request: Request, writer: consuming ResponseWriter, channel: any Channel, limits: HTTPLimits,
+func respond(to request: Request, writer: consuming ResponseWriter, channel: any Channel, registry: ConnectionRegistry,
              handler: @escaping HTTPServer.Handler) async {
+    let limits = registry.limits
     let head = request.head
     let target = head.path ?? ""
     let query: [String: String]
@@ -44,22 +45,42 @@ func respond(to request: Request, writer: consuming ResponseWriter, channel: any
     let shoalRequest = HTTPRequest(method: head.method.rawValue, target: target, query: query, headers: headers, body: body,
                                    peer: channel.remoteAddress?.ipAddress ?? "")
 
+    guard registry.beginHandler() else {
+        try? await writer.write(RequestRejection(503, "the server is answering \(limits.maxHandlers) requests; try again"))
+        try? await channel.close(mode: .output)
+        return
+    }
     let (parts, continuation) = AsyncStream.makeStream(of: ResponsePart.self)
     let responder = HTTPResponder(parts: continuation, channel: channel, writeTimeout: limits.writeTimeout)
     Thread.detachNewThread {
         handler(shoalRequest, responder)
         responder.handlerReturned()
     }
-    await relay(parts, to: writer, channel: channel)
+    await relay(parts, to: writer, channel: channel, release: HandlerSlot(registry))
+}
+
+/// A running handler's place among `maxHandlers`, given back once: before its response's
+/// last part is written (so a client that reads the answer finds the place free) or when the
+/// handler returns, whichever comes first.
+private final class HandlerSlot {
+    private var registry: ConnectionRegistry?
+    init(_ registry: ConnectionRegistry) { self.registry = registry }
+    func release() {
+        registry?.endHandler()
+        registry = nil
+    }
 }
 
 /// Writes the handler's parts in order, acknowledging each; a write that fails fails every
 /// later part, and a stream the handler left unfinished closes the connection.
-private func relay(_ parts: AsyncStream<ResponsePart>, to writer: consuming ResponseWriter, channel: any Channel) async {
+private func relay(_ parts: AsyncStream<ResponsePart>, to writer: consuming ResponseWriter, channel: any Channel,
+                   release slot: HandlerSlot) async {
+    defer { slot.release() }
     var iterator = parts.makeAsyncIterator()
     guard let first = await iterator.next() else { return }
     switch first.kind {
     case let .whole(status, headers, bytes):
+        slot.release()
         first.written.complete(await writeWhole(writer, status: status, headers: headers, body: bytes))
     case let .head(status, headers):
         var bodyWriter: (any ResponseBodyWriter)?
@@ -82,6 +103,7 @@ private func relay(_ parts: AsyncStream<ResponsePart>, to writer: consuming Resp
                     part.written.complete(.clientGone)
                 }
             case .end:
+                slot.release()
                 guard let finishing = bodyWriter else { part.written.complete(.clientGone); continue }
                 bodyWriter = nil
                 do {
@@ -92,6 +114,7 @@ private func relay(_ parts: AsyncStream<ResponsePart>, to writer: consuming Resp
                 }
                 return
             case .handlerReturned:
+                slot.release()
                 // A stream cut short: only closing the connection tells the client.
                 try? await channel.close()
                 return
@@ -100,6 +123,7 @@ private func relay(_ parts: AsyncStream<ResponsePart>, to writer: consuming Resp
             }
         }
     case .handlerReturned:
+        slot.release()
         // No answer: either the client left (nobody to tell) or the handler forgot.
         if channel.isActive {
             _ = await writeWhole(writer, status: 500, headers: [("Content-Type", "application/json")],

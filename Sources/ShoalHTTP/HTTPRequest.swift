@@ -89,6 +89,9 @@ public struct HTTPLimits: Sendable {
     /// has not sent a whole request head within it is closed, so connections held open
     /// without requests (slowloris) cannot lock others out.
     public var busyHeaderTimeout: Duration
+    /// Requests whose handlers run at once (each on a thread of its own); one more is
+    /// answered 503 at once, so a flood of requests cannot exhaust the process's threads.
+    public var maxHandlers: Int
     /// The request line and headers together (also: a chunked body's trailers); past it, 431.
     public var maxHeaderBytes: Int
     /// The body after de-chunking; past it, 413.
@@ -106,7 +109,8 @@ public struct HTTPLimits: Sendable {
     public init(maxConnections: Int = 8192, maxConnectionsPerClient: Int = 64, maxHeaderBytes: Int = 32 << 10,
                 maxBodyBytes: Int = 4 << 20, headerTimeout: Duration = .seconds(30),
                 busyHeaderTimeout: Duration = .seconds(2), bodyTimeout: Duration = .seconds(30),
-                writeTimeout: Duration = .seconds(60)) {
+                writeTimeout: Duration = .seconds(60), maxHandlers: Int = 512) {
+        self.maxHandlers = maxHandlers
         self.maxConnections = maxConnections
         self.maxConnectionsPerClient = maxConnectionsPerClient
         self.busyHeaderTimeout = busyHeaderTimeout

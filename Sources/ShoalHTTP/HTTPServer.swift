@@ -56,7 +56,7 @@ public final class HTTPServer: Sendable {
         let configuration = ServerConfiguration(address: .hostname(bindHost, port: port), serverName: nil)
         let http1 = HTTP1Channel(
             responder: { request, writer, channel in
-                await respond(to: request, writer: writer, channel: channel, limits: limits, handler: handler)
+                await respond(to: request, writer: writer, channel: channel, registry: registry, handler: handler)
             },
             configuration: .init(
                 additionalChannelHandlers: [ConnectionGate(registry: registry)],

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import ShoalHTTP
 import Testing
 
@@ -242,6 +243,38 @@ struct RequestTests {
             let timedOut = many[600...].filter { (try? $0.readResponse().status) == 408 }.count
             #expect(timedOut == 400, "\(timedOut) of 400 timed out")
             #expect(ContinuousClock.now - start < .seconds(8))
+        }
+    }
+
+    /// Each running handler has a thread: past `maxHandlers` a request gets 503 at once,
+    /// without one, and is served again as soon as a handler returns.
+    @Test func handlersPastTheLimitGet503() throws {
+        let release = Flag()
+        let started = Atomic<Int>(0)
+        let handler: HTTPServer.Handler = { request, responder in
+            if request.path == "/wait" {
+                started.add(1, ordering: .relaxed)
+                _ = release.wait(upTo: .seconds(20))
+            }
+            echo(request, responder)
+        }
+        try withServer(limits: HTTPLimits(maxHandlers: 2), handler: handler) { server in
+            let waiting = try (0..<2).map { _ in
+                let client = try RawClient(port: server.port)
+                try client.send("GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+                return client
+            }
+            let end = ContinuousClock.now + .seconds(10)
+            while started.load(ordering: .relaxed) < 2, ContinuousClock.now < end { usleep(2_000) }
+            let third = try RawClient(port: server.port)
+            try third.send("GET /now HTTP/1.1\r\nHost: t\r\n\r\n")
+            let refused = try third.readResponse()
+            #expect(refused.status == 503 && refused.json["error"] != nil)
+            release.set()
+            for client in waiting { #expect(try client.readResponse().status == 200) }
+            let fourth = try RawClient(port: server.port)
+            try fourth.send("GET /now HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(try fourth.readResponse().status == 200)
         }
     }
 
