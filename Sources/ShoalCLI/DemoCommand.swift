@@ -70,6 +70,7 @@ struct DemoCommand: ParsableCommand {
             defer { fleet.stopAll(); withExtendedLifetime(stopOnSignal) {} }
 
             let plan = LocalCPUPlan(workers: workers, workerThreads: workerThreads, threads: threads, pin: pinCPUs)
+            say("starting \(workers) workers on loopback (mutual TLS, an authority made for this run); each says when ready")
             let addresses = try fleet.startSplit(folder: folder, experts: experts, workers: workers,
                                                  threads: workerThreads, cpus: plan.workers,
                                                  tls: certificates.workerFolder, name: "demo-worker")
@@ -82,6 +83,7 @@ struct DemoCommand: ParsableCommand {
             var quantizedRun: (mix: QuantizationMix, path: String, addresses: [String])?
             if model == nil, let mix = QuantizationMix(rawValue: quantized) {
                 let path = try cachedQuantized(mix, from: folder)
+                say("starting \(workers) more workers on the \(mix.rawValue) file, for the last part")
                 let addresses = try quantizedFleet.startSplit(folder: path, experts: experts, workers: workers,
                                                               threads: workerThreads, cpus: plan.workers,
                                                               tls: certificates.workerFolder, name: "demo-\(mix.rawValue)-worker")

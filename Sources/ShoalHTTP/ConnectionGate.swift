@@ -90,6 +90,8 @@ final class ConnectionGate: ChannelDuplexHandler, RemovableChannelHandler {
     fileprivate var partialHead = false
     /// Between requests (the timer is the head's), not inside one (the body's).
     private var awaitingHead = false
+    /// Requests read whose responses are not finished; more than one when a client pipelines.
+    private var unanswered = 0
 
     init(registry: ConnectionRegistry) { self.registry = registry }
 
@@ -136,6 +138,7 @@ final class ConnectionGate: ChannelDuplexHandler, RemovableChannelHandler {
         case .head:
             partialHead = false
             awaitingHead = false
+            unanswered += 1
             arm(context: context, registry.limits.bodyTimeout, "the request body did not arrive in time")
         case .end:
             partialHead = false
@@ -149,7 +152,10 @@ final class ConnectionGate: ChannelDuplexHandler, RemovableChannelHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let isEnd = if case .end = unwrapOutboundIn(data) { true } else { false }
         context.write(data, promise: promise)
-        if isEnd { awaitHead(context: context) }
+        guard isEnd else { return }
+        unanswered = max(0, unanswered - 1)
+        // A pipelined request already read keeps its own timer (its body's) or none.
+        if unanswered == 0 { awaitHead(context: context) }
     }
 
     private func awaitHead(context: ChannelHandlerContext) {

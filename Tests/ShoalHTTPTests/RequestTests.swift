@@ -169,6 +169,23 @@ struct RequestTests {
         }
     }
 
+    /// Two requests pipelined in one write: the second's handler runs longer than the head
+    /// timeout, which must not start while it is still unanswered.
+    @Test func aPipelinedRequestIsNotTimedOutWhileItsHandlerRuns() throws {
+        let limits = HTTPLimits(headerTimeout: .milliseconds(200), bodyTimeout: .milliseconds(200))
+        let handler: HTTPServer.Handler = { request, responder in
+            if request.path == "/slow" { usleep(800_000) }  // the scenario: a handler slower than the timeout
+            echo(request, responder)
+        }
+        try withServer(limits: limits, handler: handler) { server in
+            let client = try RawClient(port: server.port)
+            try client.send("GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            let first = try client.readResponse(), second = try client.readResponse()
+            #expect(first.status == 200 && first.json["path"] as? String == "/a")
+            #expect(second.status == 200 && second.json["path"] as? String == "/slow")
+        }
+    }
+
     @Test func tooManyConnectionsAre503() throws {
         try withServer(limits: HTTPLimits(maxConnections: 1), handler: echo) { server in
             let first = try RawClient(port: server.port)
