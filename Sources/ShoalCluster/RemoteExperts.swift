@@ -25,7 +25,11 @@ import ShoalTensor
 /// A layer's deadline follows what calls have measured: `deadlineMargin` times the slowest
 /// recent time per token, times the layer's tokens, at least `minimumDeadline` and at most
 /// `timeout` (which applies alone until 8 calls are measured). A hung worker so costs about
-/// `minimumDeadline` once, not `timeout` per call.
+/// `minimumDeadline` once, not `timeout` per call. Sooner still, when a live replica holds
+/// every expert of a late worker's request: after `hedgeMargin` times the measured time (at
+/// least `minimumHedgeDelay`) the same request goes to it as a unary Compute, and the first
+/// answer is used; the replica computes the same experts in the same order, so the result is
+/// the one the late worker would have sent. The late worker is marked down.
 public final class RemoteExperts: ExpertBackend {
     public struct Options: Sendable {
         /// Activation dtype on the wire: f32 is exact, bf16 halves the bytes.
@@ -37,6 +41,12 @@ public final class RemoteExperts: ExpertBackend {
         public var minimumDeadline: Duration = .milliseconds(1500)
         /// How many times the measured time a call may take before its worker counts as hung.
         public var deadlineMargin = 10.0
+        /// How many times the measured time a call may take before its request is sent to a
+        /// replica too (hedged), when one holds every expert of it.
+        public var hedgeMargin = 4.0
+        /// The shortest wait before a hedge, once measured: below it a busy host's jitter
+        /// would hedge healthy workers.
+        public var minimumHedgeDelay: Duration = .milliseconds(250)
         /// Deadline of the background hellos that find hung and returning workers.
         public var probeDeadline: Duration = .seconds(1)
         /// How long a worker that sent a bad answer (wrong size, NaN) stays down, however well
@@ -101,6 +111,8 @@ public final class RemoteExperts: ExpertBackend {
     /// [layer][expert] → indices of the workers that hold it, alive or not.
     private var holders: [[[Int]]]
     private var rotation = 0
+    /// Requests a replica answered because their worker was late.
+    public private(set) var hedges = 0
 
     // Per-call scratch, reused.
     private var plans: [Plan]
@@ -314,6 +326,23 @@ public final class RemoteExperts: ExpertBackend {
         return min(options.timeout, max(options.minimumDeadline, measured))
     }
 
+    /// How long this layer waits for a worker before sending its request to a replica too:
+    /// `hedgeMargin` times the slowest recent time per token, times the tokens, at least
+    /// `minimumHedgeDelay`; nil (no hedge) until 8 calls are measured.
+    private func hedgeDelay(tokens: Int) -> Duration? {
+        guard recentRates.count >= 8, let rate = recentRates.max() else { return nil }
+        return max(options.minimumHedgeDelay, .seconds(rate * Double(tokens) * options.hedgeMargin))
+    }
+
+    /// A live worker other than `w` that holds every expert of `w`'s plan for `layer`: it can
+    /// answer `w`'s request exactly as `w` would (the same experts, summed in the same order).
+    private func replica(for w: Int, layer: Int) -> Int? {
+        let experts = plans[w].experts
+        return workers.indices.first { r in
+            r != w && workers[r].alive && experts.allSatisfy { holders[layer][$0].contains(r) }
+        }
+    }
+
     private func helloRequest() throws -> RPCPayload {
         var request = Shoal_V1_HelloRequest()
         request.protocolVersion = expectation.protocolVersion
@@ -388,6 +417,8 @@ public final class RemoteExperts: ExpertBackend {
     private struct Exchanged {
         var requests: [RPCPayload?]
         var answers: [Fanout.Answer?]
+        /// The replica whose answer stands in for a worker that was late.
+        var hedgedBy: [Int?]
         var sent: Int
         var elapsed: Duration
     }
@@ -431,7 +462,9 @@ public final class RemoteExperts: ExpertBackend {
         pool?.idle()
         let start = ContinuousClock.now
         let timeout = deadline(tokens: n)
-        var answers = fanout.exchange(streams, requests, timeout: timeout)
+        var (answers, hedgedBy) = fanout.exchange(
+            streams, requests, timeout: timeout, hedgeAfter: hedgeDelay(tokens: n), hedgeMethod: ExpertServiceMethod.compute,
+            hedge: { w in replica(for: w, layer: layer).map { ($0, channels[$0]) } })
         // A stream can end while idle between calls (its worker restarted or shut down); its
         // end is only seen when it is used next. Such a stream gets the request once more on a
         // new one, so a restarted worker answers as a unary call would have reached it.
@@ -444,11 +477,13 @@ public final class RemoteExperts: ExpertBackend {
             }
         }
         if let again {
-            for (w, answer) in fanout.exchange(streams, again, timeout: timeout).enumerated() where again[w] != nil {
+            for (w, answer) in fanout.exchange(streams, again, timeout: timeout).answers.enumerated() where again[w] != nil {
                 answers[w] = answer
+                hedgedBy[w] = nil
             }
         }
-        return Exchanged(requests: requests, answers: answers, sent: sent, elapsed: ContinuousClock.now - start)
+        return Exchanged(requests: requests, answers: answers, hedgedBy: hedgedBy, sent: sent,
+                         elapsed: ContinuousClock.now - start)
     }
 
     /// Checks every answer before any is used (the first failure, in worker order, is thrown
@@ -460,13 +495,25 @@ public final class RemoteExperts: ExpertBackend {
         var received = 0, slowest = Duration.zero
         for w in plans.indices {
             guard let answer = exchanged.answers[w] else { continue }
-            workers[w].calls += 1
-            workers[w].callSeconds += answer.elapsed.seconds
-            if case .failure = answer.result { workers[w].failures += 1 }
+            if let r = exchanged.hedgedBy[w] {
+                // w did not answer in time and its replica did: w counts as hung (the prober
+                // brings it back once it answers hellos), its stream was cancelled.
+                workers[w].alive = false
+                workers[w].failures += 1
+                workers[w].lastError = ClusterError.computeFailed(
+                    worker: workers[w].address, layer: layer, experts: plans[w].experts,
+                    status: RPCStatus(code: .deadlineExceeded, message: "late; \(workers[r].address) answered for it"))
+                publishCoverage()
+                hedges += 1
+            }
+            let answerer = exchanged.hedgedBy[w] ?? w
+            workers[answerer].calls += 1
+            workers[answerer].callSeconds += answer.elapsed.seconds
+            if case .failure = answer.result { workers[answerer].failures += 1 }
             if let callObserver {
                 let failed = if case .failure = answer.result { true } else { false }
                 let size = if case .success(let payload) = answer.result { payload.count } else { 0 }
-                callObserver(workers[w].address, answer.elapsed, failed, exchanged.requests[w]?.count ?? 0, size)
+                callObserver(workers[answerer].address, answer.elapsed, failed, exchanged.requests[w]?.count ?? 0, size)
             }
             switch answer.result {
             case .failure(let error):
@@ -480,14 +527,14 @@ public final class RemoteExperts: ExpertBackend {
                 }
                 throw failure
             case .success(let payload):
-                streamAnswered[w] = true
+                if exchanged.hedgedBy[w] == nil { streamAnswered[w] = true }
                 received += payload.count
                 let response: Shoal_V1_ComputeResponse
                 do {
                     response = try payload.message(Shoal_V1_ComputeResponse.self)
                     try validate(response, tokenCount: plans[w].tokens.count, dim: dim, dtype: wire)
                 } catch {
-                    throw badAnswer(w, layer: layer, experts: plans[w].experts, detail: "\(error)")
+                    throw badAnswer(answerer, layer: layer, experts: plans[w].experts, detail: "\(error)")
                 }
                 outputs[w] = response.output
                 slowest = max(slowest, .microseconds(Int64(clamping: response.computeMicros)))
@@ -508,7 +555,7 @@ public final class RemoteExperts: ExpertBackend {
             // broken worker (or memory), never an answer to pass on.
             if !allFinite(UnsafeBufferPointer(start: p, count: rows * dim)),
                let bad = (0..<(rows * dim)).first(where: { !p[$0].isFinite }) {
-                throw badAnswer(w, layer: layer, experts: plans[w].experts,
+                throw badAnswer(exchanged.hedgedBy[w] ?? w, layer: layer, experts: plans[w].experts,
                                 detail: "non-finite value \(p[bad]) in row \(bad / dim) of its output")
             }
         }

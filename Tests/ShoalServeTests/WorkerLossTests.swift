@@ -90,6 +90,43 @@ import Testing
         }
     }
 
+    /// A worker that stops answering mid-generation has its request sent to its replica once
+    /// it is late (hedged) instead of failing the call at the deadline: the generation goes on
+    /// with the same tokens, the late worker is marked down, and the whole run stays under
+    /// the 1.5 s deadline floor that a call would otherwise wait out before failing.
+    @Test(.timeLimit(.minutes(2))) func aLateWorkersRequestIsHedgedToItsReplica() async throws {
+        let folder = try FixtureFolder.path("models/tiny-f32/hf")
+        let prompt = try ServeFixtures.prompts("tiny-f32")[0]
+        let hang = Switch()
+        defer { hang.set(false) }
+        let cluster = try LocalCluster(folder: folder, specs: ["0-3", "4-7", "4-7"], faults: [1: .hangs(hang)])
+        let addresses = cluster.addresses
+        let parameters = GenerationParameters(maxTokens: 6, ignoreEOS: true)
+        let (alone, warm, hung, elapsed, hedges, lateIsDown) = try await offPool {
+            let alone = try Engine(folder: folder, threads: 1).generator.generate(prompt: prompt, parameters: parameters).ids
+            var options = RemoteExperts.Options()
+            options.wireDType = .f32
+            options.timeout = .seconds(30)
+            let engine = try Engine(folder: folder, threads: 1) { checkpoint, _ in
+                try RemoteExperts(checkpoint: checkpoint, workers: addresses, options: options)
+            }
+            let remote = engine.model.experts as! RemoteExperts
+            // Measures the calls (a hedge waits for 8 at least).
+            let warm = try engine.generator.generate(prompt: prompt, parameters: parameters).ids
+            hang.set(true)
+            let start = ContinuousClock.now
+            let hung = try engine.generator.generate(prompt: prompt, parameters: parameters).ids
+            let elapsed = ContinuousClock.now - start
+            return (alone, warm, hung, elapsed, remote.hedges, !remote.workers[1].alive)
+        }
+        hang.set(false)  // before the cluster goes: its server waits for the hung call
+        #expect(warm == alone && hung == alone)
+        #expect(hedges >= 1 && lateIsDown, "hedges \(hedges), late worker down: \(lateIsDown)")
+        // Measured 0.27-0.31 s (a 250 ms hedge delay and the rest of the run); without the
+        // hedge the call fails after the 1.5 s deadline floor instead.
+        #expect(elapsed < .milliseconds(1500), "\(elapsed)")
+    }
+
     @Test(.timeLimit(.minutes(2))) func aHungReplicaCostsSecondsNotTheDeadlineAndServesAgainOnceBack() async throws {
         let folder = try FixtureFolder.path("models/tiny-f32/hf")
         let prompts = try ServeFixtures.prompts("tiny-f32")
