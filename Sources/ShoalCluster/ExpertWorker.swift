@@ -231,11 +231,8 @@ public final class ExpertWorker: Sendable {
             let x = UnsafeMutableBufferPointer(start: state.x.reserve(n * dim), count: n * dim)
             call.decodeHidden(into: x)
             let out = UnsafeMutableBufferPointer(start: state.out.reserve(n * dim), count: n * dim)
-            let routes = call.routes
-            try state.experts.moe(
-                layer: call.layer, x: UnsafePointer(x.baseAddress!), tokenCount: n, routeCount: routes.count,
-                token: { routes[$0].token }, expert: { routes[$0].expert }, weight: { routes[$0].weight },
-                out: out.baseAddress!)
+            try state.experts.moe(layer: call.layer, x: UnsafePointer(x.baseAddress!), routes: call.routes,
+                                  out: out.baseAddress!)
             // The next call is a network round trip away: do not spin until then.
             state.pool.idle()
             return (ActivationCodec.encode(UnsafeBufferPointer(out), as: call.dtype), call)

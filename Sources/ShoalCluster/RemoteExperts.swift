@@ -123,19 +123,16 @@ public final class RemoteExperts: ExpertBackend {
     private let staged = Mutex<[(placement: [String: [ExpertKey]], applied: @Sendable () -> Void)]>([])
     private var lastPublished = ContinuousClock.now
 
-    /// What one worker is sent for one layer.
+    /// What one worker is sent for one layer: the global token of each of its rows, and its
+    /// routes over those rows.
     private struct Plan {
-        var tokens: [Int] = []  // global token of each local row
-        var routeToken: [UInt32] = []
-        var routeExpert: [UInt32] = []
-        var routeWeight: [Float] = []
+        var tokens: [Int] = []
+        var routes = Routes()
         mutating func reset() {
             tokens.removeAll(keepingCapacity: true)
-            routeToken.removeAll(keepingCapacity: true)
-            routeExpert.removeAll(keepingCapacity: true)
-            routeWeight.removeAll(keepingCapacity: true)
+            routes.removeAll()
         }
-        var experts: [Int] { Array(Set(routeExpert.map(Int.init))).sorted() }
+        var experts: [Int] { Array(Set(routes.expert.map(Int.init))).sorted() }
     }
 
     /// Connects to `addresses` (HOST:PORT each) and says hello to all of them at once.
@@ -426,24 +423,21 @@ public final class RemoteExperts: ExpertBackend {
     /// Fills `plans` (each worker's tokens and routes) and `slotWorker`/`slotRow` (where each
     /// route's sum will be found).
     private func place(_ routes: Routes, layer: Int) throws {
-        let n = routes.tokenCount, k = routes.k, slots = n * k
         rotation &+= 1
         for w in plans.indices { plans[w].reset() }
-        if slotWorker.count < slots {
-            slotWorker = Array(repeating: 0, count: slots)
-            slotRow = Array(repeating: 0, count: slots)
+        if slotWorker.count < routes.count {
+            slotWorker = Array(repeating: 0, count: routes.count)
+            slotRow = Array(repeating: 0, count: routes.count)
         }
-        for t in 0..<n {
-            for s in (t * k)..<(t * k + k) {
-                let e = Int(routes.experts[s])
-                let w = try holder(layer: layer, expert: e, sharingWith: slotWorker[(t * k)..<s])
-                slotWorker[s] = w
-                if plans[w].tokens.last != t { plans[w].tokens.append(t) }
-                slotRow[s] = plans[w].tokens.count - 1
-                plans[w].routeToken.append(UInt32(plans[w].tokens.count - 1))
-                plans[w].routeExpert.append(UInt32(e))
-                plans[w].routeWeight.append(routes.weights[s])
-            }
+        var first = 0  // the first route of the current token
+        for s in routes.indices {
+            let t = Int(routes.token[s]), e = Int(routes.expert[s])
+            if s > 0 && t != Int(routes.token[s - 1]) { first = s }
+            let w = try holder(layer: layer, expert: e, sharingWith: slotWorker[first..<s])
+            slotWorker[s] = w
+            if plans[w].tokens.last != t { plans[w].tokens.append(t) }
+            slotRow[s] = plans[w].tokens.count - 1
+            plans[w].routes.append(token: plans[w].tokens.count - 1, expert: e, weight: routes.weight[s])
         }
     }
 
@@ -562,17 +556,17 @@ public final class RemoteExperts: ExpertBackend {
     }
 
     /// out[t] = 0 + partial(first worker) + partial(second) …, in the order of each worker's
-    /// lowest expert for t, which is the order its first slot appears in.
+    /// lowest expert for t, which is the order its first route appears in.
     private func combine(_ routes: Routes, into out: UnsafeMutablePointer<Float>) {
-        let n = routes.tokenCount, k = routes.k
-        out.update(repeating: 0, count: n * dim)
-        for t in 0..<n {
-            for s in (t * k)..<(t * k + k) {
-                let w = slotWorker[s]
-                if slotWorker[(t * k)..<s].contains(w) { continue }  // this worker's sum is in
-                let src = partials[w].pointer + slotRow[s] * dim, o = out + t * dim
-                for i in 0..<dim { o[i] += src[i] }
-            }
+        out.update(repeating: 0, count: routes.tokenCount * dim)
+        var first = 0  // the first route of the current token
+        for s in routes.indices {
+            let t = Int(routes.token[s])
+            if s > 0 && t != Int(routes.token[s - 1]) { first = s }
+            let w = slotWorker[s]
+            if slotWorker[first..<s].contains(w) { continue }  // this worker's sum is in
+            let src = partials[w].pointer + slotRow[s] * dim, o = out + t * dim
+            for i in 0..<dim { o[i] += src[i] }
         }
     }
 
@@ -651,9 +645,9 @@ public final class RemoteExperts: ExpertBackend {
             }
         }
         request.hidden = hidden
-        request.routeToken = plan.routeToken
-        request.routeExpert = plan.routeExpert
-        request.routeWeight = plan.routeWeight
+        request.routeToken = plan.routes.token
+        request.routeExpert = plan.routes.expert
+        request.routeWeight = plan.routes.weight
         return try RPCPayload(message: request)
     }
 }

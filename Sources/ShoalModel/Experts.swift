@@ -1,24 +1,5 @@
 import ShoalTensor
 
-/// Which experts each token of a batch goes to, and with what weight.
-///
-/// For token t, slots `t*k ..< t*k + k` hold its k chosen experts in **ascending expert
-/// index**, so every implementation adds their contributions in the same order and a
-/// cluster's sum is bit-identical to one process's.
-public struct Routes: Sendable {
-    public var k: Int
-    public var tokenCount: Int
-    public var experts: [Int32]  // (tokens*k,)
-    public var weights: [Float]  // (tokens*k,)
-
-    public init(k: Int) {
-        self.k = k
-        tokenCount = 0
-        experts = []
-        weights = []
-    }
-}
-
 /// Errors from reaching experts, local or remote.
 public enum ExpertError: Error, CustomStringConvertible, Equatable {
     /// A route names an expert that no backend holds.
@@ -72,27 +53,15 @@ public final class LocalExperts: ExpertBackend {
         fill = counts
     }
 
+    /// out[t] = Σ weight · expert(x[t]) over token t's routes, added in ascending expert
+    /// order from zero; `routes` may give a token any number of experts (a worker's share).
     public func moe(layer: Int, x: UnsafePointer<Float>, routes: Routes, out: UnsafeMutablePointer<Float>) throws {
-        let k = routes.k
-        try routes.experts.withUnsafeBufferPointer { experts in
-            try routes.weights.withUnsafeBufferPointer { weights in
-                try moe(layer: layer, x: x, tokenCount: routes.tokenCount, routeCount: routes.tokenCount * k,
-                        token: { $0 / k }, expert: { Int(experts[$0]) }, weight: { weights[$0] }, out: out)
-            }
-        }
-    }
-
-    /// The same product for routes of any count per token (a worker's share of a batch):
-    /// route `r` sends token `token(r)` to `expert(r)` with `weight(r)`. Routes must be sorted
-    /// by (token, expert), so each token's experts are added in ascending order.
-    public func moe(layer: Int, x: UnsafePointer<Float>, tokenCount n: Int, routeCount slots: Int,
-                    token: (Int) -> Int, expert: (Int) -> Int, weight: (Int) -> Float,
-                    out: UnsafeMutablePointer<Float>) throws {
+        let n = routes.tokenCount, slots = routes.count
         // Gather: slot order is expert-major, token-ascending inside an expert.
         for e in counts.indices { counts[e] = 0 }
         for s in 0..<slots {
-            let e = expert(s)
-            guard e >= 0, e < counts.count, store.experts[ExpertKey(layer: layer, expert: e)] != nil else {
+            let e = Int(routes.expert[s])
+            guard e < counts.count, store.experts[ExpertKey(layer: layer, expert: e)] != nil else {
                 throw ExpertError.notHeld(layer: layer, expert: e)
             }
             counts[e] += 1
@@ -105,10 +74,10 @@ public final class LocalExperts: ExpertBackend {
             slotWeight = Array(repeating: 0, count: slots)
         }
         for s in 0..<slots {
-            let e = expert(s), t = token(s), slot = fill[e]
+            let e = Int(routes.expert[s]), t = Int(routes.token[s]), slot = fill[e]
             fill[e] += 1
             slotToken[slot] = t
-            slotWeight[slot] = weight(s)
+            slotWeight[slot] = routes.weight[s]
             (xs + slot * dim).update(from: x + t * dim, count: dim)
         }
         let h1 = hb.reserve(slots * hidden), h3 = hb2.reserve(slots * hidden), ys = y.reserve(slots * dim)

@@ -46,9 +46,10 @@ public final class MixtralModel {
     private let ropeSin = FloatBuffer()  // (T, headDim/2)
     private let routerLogits = FloatBuffer()  // (T, experts)
     private let logits = FloatBuffer()  // (T or 1, vocab)
-    private var routes: Routes
+    private var routes = Routes()
     private var chosen: [Int]  // (k,) one token's experts, highest logit first
     private var weight: [Float]  // (k,) their softmax weights
+    private var chosenAscending: [(expert: Int, weight: Float)] = []  // (k,) both, by expert
     private var jobs: [MatMul] = []
     private var vecJobs: [MatVec] = []
     private var flat: [Int] = []  // (T,) the step's token ids, segment after segment
@@ -61,8 +62,7 @@ public final class MixtralModel {
         self.chunkSize = chunkSize
         let hd = weights.config.headDim, theta = weights.config.ropeTheta
         invFreq = (0..<hd / 2).map { i in 1 / powf(theta, Float(2 * i) / Float(hd)) }
-        routes = Routes(k: weights.config.expertsPerToken)
-        chosen = Array(repeating: 0, count: weights.config.expertsPerToken)
+                chosen = Array(repeating: 0, count: weights.config.expertsPerToken)
         weight = Array(repeating: 0, count: weights.config.expertsPerToken)
     }
 
@@ -282,11 +282,7 @@ public final class MixtralModel {
         let E = config.experts, K = config.expertsPerToken
         let r = routerLogits.reserve(T * E)
         product(router, xb, r, ldy: E, n: T)
-        routes.tokenCount = T
-        if routes.experts.count < T * K {
-            routes.experts = Array(repeating: 0, count: T * K)
-            routes.weights = Array(repeating: 0, count: T * K)
-        }
+        routes.removeAll()
         var traceIdx: [Int] = [], traceW: [Float] = []
         for t in 0..<T {
             let rt = r + t * E
@@ -299,17 +295,11 @@ public final class MixtralModel {
             for j in 0..<K { weight[j] = expf(rt[chosen[j]] - rt[chosen[0]]); sum += weight[j] }
             for j in 0..<K { weight[j] /= sum }
             if trace != nil { traceIdx += chosen; traceW += weight }
-            // Slots in ascending expert order: the summation order every backend follows.
-            for j in 0..<K {
-                var slot = t * K + j
-                while slot > t * K && routes.experts[slot - 1] > Int32(chosen[j]) {
-                    routes.experts[slot] = routes.experts[slot - 1]
-                    routes.weights[slot] = routes.weights[slot - 1]
-                    slot -= 1
-                }
-                routes.experts[slot] = Int32(chosen[j])
-                routes.weights[slot] = weight[j]
-            }
+            // Routes in ascending expert order: the summation order every backend follows.
+            chosenAscending.removeAll(keepingCapacity: true)
+            for j in 0..<K { chosenAscending.append((chosen[j], weight[j])) }
+            chosenAscending.sort { $0.expert < $1.expert }
+            for c in chosenAscending { routes.append(token: t, expert: c.expert, weight: c.weight) }
         }
         if let trace {
             trace.routerLogits.append(Array(UnsafeBufferPointer(start: r, count: T * E)))

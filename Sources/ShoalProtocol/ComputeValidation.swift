@@ -1,4 +1,5 @@
 import Foundation
+import ShoalTensor
 
 /// What a worker accepts in a Compute request: its model's shape, its per-call token
 /// limit, and which (layer, expert) pairs it holds.
@@ -25,23 +26,6 @@ public struct ComputeLimits: Sendable {
     }
 }
 
-/// One route of a validated request: token `token` goes to `expert` with `weight`.
-public struct Route: Equatable, Sendable {
-    /// The token, in `0..<tokenCount`.
-    public var token: Int
-    /// The expert, in `0..<experts` and held by this worker.
-    public var expert: Int
-    /// The router's weight, finite.
-    public var weight: Float
-
-    /// A route; validation makes these, tests and coordinators may too.
-    public init(token: Int, expert: Int, weight: Float) {
-        self.token = token
-        self.expert = expert
-        self.weight = weight
-    }
-}
-
 /// A Compute request that passed `validate(_:limits:)`: every size agrees, every index is
 /// in range and every expert is held, so a worker can index with these values unchecked.
 public struct ValidatedCompute: Sendable {
@@ -55,9 +39,9 @@ public struct ValidatedCompute: Sendable {
     public let dtype: WireDType
     /// Exactly `tokenCount × dim × dtype.byteWidth` bytes; decode with `decodeHidden(into:)`.
     public let hidden: Data
-    /// Sorted by (token, expert) strictly ascending; every token has at least one route, so
-    /// `tokenCount ≤ routes.count ≤ tokenCount × experts`.
-    public let routes: [Route]
+    /// Every expert in range and held, every weight finite; `routes.tokenCount` equals
+    /// `tokenCount`, so `tokenCount ≤ routes.count ≤ tokenCount × experts`.
+    public let routes: Routes
 
     /// Decodes `hidden` into `out`, which must hold `tokenCount × dim` floats.
     public func decodeHidden(into out: UnsafeMutableBufferPointer<Float>) {
@@ -98,7 +82,7 @@ public func validate(_ request: Shoal_V1_ComputeRequest, limits: ComputeLimits) 
 /// The route arrays, checked in one pass: lengths, ranges, order, coverage, holding, weights.
 private func validateRoutes(
     _ request: Shoal_V1_ComputeRequest, layer: Int, tokenCount: Int, limits: ComputeLimits
-) throws(ProtocolError) -> [Route] {
+) throws(ProtocolError) -> Routes {
     let tokens = request.routeToken, experts = request.routeExpert, weights = request.routeWeight
     guard tokens.count == experts.count, tokens.count == weights.count else {
         throw .routeArrayLengths(tokens: tokens.count, experts: experts.count, weights: weights.count)
@@ -107,8 +91,6 @@ private func validateRoutes(
 
     // Holding is asked once per expert, not once per route: `held` may be a dictionary lookup.
     var heldCache = [Bool?](repeating: nil, count: max(limits.experts, 0))
-    var routes: [Route] = []
-    routes.reserveCapacity(tokens.count)
     // Tokens are sorted, so "every token has a route" means each new token is the next one.
     var previousToken = -1, previousExpert = -1
     for i in tokens.indices {
@@ -127,13 +109,12 @@ private func validateRoutes(
         heldCache[expert] = isHeld
         guard isHeld else { throw .expertNotHeld(layer: layer, expert: expert) }
         guard weight.isFinite else { throw .nonFiniteWeight(index: i) }
-        routes.append(Route(token: token, expert: expert, weight: weight))
         previousToken = token
         previousExpert = expert
     }
     // The last tokens may have had no route at all.
     if previousToken != tokenCount - 1 { throw .tokenWithoutRoute(token: previousToken + 1) }
-    return routes
+    return Routes(token: tokens, expert: experts, weight: weights)
 }
 
 /// Checks a Compute response against the request it answers, on the coordinator.

@@ -98,7 +98,7 @@ public final class Scheduler: GenerationService, @unchecked Sendable {
             var counts = [Int](repeating: 0, count: c.experts)  // reused: this runs per layer
             model.routeObserver = { layer, routes in
                 for e in counts.indices { counts[e] = 0 }
-                for e in routes.experts[0..<(routes.tokenCount * routes.k)] { counts[Int(e)] += 1 }
+                for e in routes.expert { counts[Int(e)] += 1 }
                 for (e, n) in counts.enumerated() where n > 0 { metrics.routed(layer: layer, expert: e, tokens: n) }
             }
             metrics.setKVCache(usedTokens: 0, capacityTokens: options.kvCacheTokens, bytesPerToken: bytesPerCachedToken)

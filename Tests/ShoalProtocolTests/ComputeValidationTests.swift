@@ -1,5 +1,6 @@
 import Foundation
 import ShoalProtocol
+import ShoalTensor
 import Testing
 
 /// One way to break the fixture request, the error it must produce, and the field its
@@ -76,11 +77,11 @@ struct BadRequest: Sendable, CustomTestStringConvertible {
         #expect(valid.layer == 2 && valid.tokenCount == 3 && valid.dim == 8 && valid.dtype == dtype)
         #expect(valid.hidden == request.hidden)
         #expect(valid.outputByteCount == 3 * 8 * dtype.byteWidth)
-        #expect(valid.routes == [
+        #expect(valid.routes == Routes([
             Route(token: 0, expert: 0, weight: 0.75), Route(token: 0, expert: 2, weight: 0.25),
             Route(token: 1, expert: 1, weight: 1), Route(token: 2, expert: 0, weight: 0.5),
             Route(token: 2, expert: 3, weight: 0.5),
-        ])
+        ]))
         var x = [Float](repeating: .nan, count: 24)
         x.withUnsafeMutableBufferPointer { valid.decodeHidden(into: $0) }
         #expect(x == (0..<24).map { Float($0) * 0.25 - 2 })  // exact in bf16 too

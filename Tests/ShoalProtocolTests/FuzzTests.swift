@@ -1,5 +1,6 @@
 import Foundation
 import ShoalProtocol
+import ShoalTensor
 import SwiftProtobuf
 import Testing
 
