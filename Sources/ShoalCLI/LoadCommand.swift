@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShoalHTTP
+import ShoalRPC
 import ShoalTensor
 import Synchronization
 
@@ -33,18 +34,20 @@ struct LoadCommand: ParsableCommand {
         guard (try? endpoint()) != nil else { throw ValidationError("--url must be http://HOST:PORT") }
     }
 
-    func endpoint() throws -> (host: String, port: Int) {
-        guard url.hasPrefix("http://"), let colon = url.lastIndex(of: ":"),
-              let port = Int(url[url.index(after: colon)...].prefix { $0.isNumber }) else {
-            throw ValidationError("bad --url")
-        }
-        return (String(url.dropFirst(7)[..<colon]), port)
+    /// The server `--url` names: `http://` and an address `Endpoint` reads (a trailing `/` allowed).
+    func endpoint() throws -> Endpoint {
+        var address = Substring(url)
+        guard address.hasPrefix("http://") else { throw ValidationError("bad --url") }
+        address = address.dropFirst("http://".count)
+        if address.hasSuffix("/") { address = address.dropLast() }
+        guard let endpoint = Endpoint(String(address)), endpoint.isDialable else { throw ValidationError("bad --url") }
+        return endpoint
     }
 
     func run() throws {
         try reportingErrors {
-            let (host, port) = try endpoint()
-            let load = LoadGenerator(host: host, port: port, maxTokens: maxTokens, promptWords: promptWords)
+            let server = try endpoint()
+            let load = LoadGenerator(host: server.host, port: server.port, maxTokens: maxTokens, promptWords: promptWords)
             try load.report(counts: try parseCounts(streams), rounds: rounds, print: { print($0) })
         }
     }
