@@ -18,6 +18,7 @@
 typedef float vf __attribute__((ext_vector_type(SHOAL_VW)));
 typedef uint16_t vh __attribute__((ext_vector_type(SHOAL_VW)));
 typedef uint32_t vu __attribute__((ext_vector_type(SHOAL_VW)));
+typedef int32_t vi __attribute__((ext_vector_type(SHOAL_VW)));
 typedef uint8_t vb __attribute__((ext_vector_type(SHOAL_VW)));
 typedef int8_t vsb __attribute__((ext_vector_type(SHOAL_VW)));
 typedef float v8 __attribute__((ext_vector_type(8)));
@@ -412,32 +413,143 @@ INLINE void axpy_body(float *y, float alpha, const float *x, size_t n) {
     for (; i < n; i++) y[i] += alpha * x[i];
 }
 
+// e^x for x <= 0, every lane (a softmax's exponent after subtracting the maximum): x = n ln 2 +
+// r with |r| <= ln 2 / 2, e^r by its Taylor series to r^7 (truncation below 6e-9 relative),
+// times 2^n built in the exponent bits. Within a few float ulps of expf; below -87.3 (past
+// FLT_MIN) it is 0, where expf would give a subnormal no softmax weight can use.
+INLINE vf exp_nonpositive(vf x) {
+    const vf magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer, ties to even
+    vf t = x * 1.44269504088896341f + magic;
+    vf n = t - magic;
+    vf r = x - n * 0.693145751953125f;  // ln 2 in two parts: n * hi is exact
+    r = r - n * 1.42860682030941723e-6f;
+    vf p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+    vf scaled = p * (vf)e;
+    return x < -87.3f ? (vf)0.0f : scaled;
+}
+
+// s[0..<n] = softmax(s[0..<n]) in place: the maximum, e^(s - max) and their sum a vector at a
+// time (the tail through a padded vector), then each divided by the sum.
+INLINE void softmax_in_place(float *s, size_t n) {
+    vf mv = -__builtin_inff();
+    size_t j = 0;
+    for (; j + VW <= n; j += VW) {
+        vf v = load_f32(s + j);
+        mv = v > mv ? v : mv;
+    }
+    float m = -__builtin_inff();
+    for (int l = 0; l < VW; l++) m = mv[l] > m ? mv[l] : m;
+    for (; j < n; j++) m = s[j] > m ? s[j] : m;
+    vf sumv = 0;
+    for (j = 0; j + VW <= n; j += VW) {
+        vf e = exp_nonpositive(load_f32(s + j) - m);
+        store_f32(s + j, e);
+        sumv += e;
+    }
+    if (j < n) {
+        vf tail = -__builtin_inff();
+        for (size_t l = 0; j + l < n; l++) tail[l] = s[j + l];
+        vf e = exp_nonpositive(tail - m);  // the padding's e^-inf is 0
+        for (size_t l = 0; j + l < n; l++) s[j + l] = e[l];
+        sumv += e;
+    }
+    float sum = hsum(sumv);
+    vf sv = sum;
+    for (j = 0; j + VW <= n; j += VW) store_f32(s + j, load_f32(s + j) / sv);
+    for (; j < n; j++) s[j] = s[j] / sum;
+}
+
+// a[i] = silu(a[i]) * b[i]. sigmoid(x) is 1 / (1 + e) for x >= 0 and e / (1 + e) below, with
+// e = e^-|x| <= 1: the same function as x / (1 + e^-x), without e^-x overflowing for x < -88.
+INLINE vf swiglu_vector(vf x, vf y) {
+    vf e = exp_nonpositive(x < 0 ? x : -x);
+    vf sigmoid = (x < 0 ? e : (vf)1.0f) / (1.0f + e);
+    return x * sigmoid * y;
+}
+INLINE void swiglu_body(float *a, const float *b, size_t n) {
+    size_t i = 0;
+    for (; i + VW <= n; i += VW) store_f32(a + i, swiglu_vector(load_f32(a + i), load_f32(b + i)));
+    if (i < n) {
+        vf x = 0, y = 0;
+        for (size_t l = 0; i + l < n; l++) { x[l] = a[i + l]; y[l] = b[i + l]; }
+        vf r = swiglu_vector(x, y);
+        for (size_t l = 0; i + l < n; l++) a[i + l] = r[l];
+    }
+}
+
 // Causal attention of G query heads sharing one key/value head, for one query position:
 // out[g*hd..] = Σ_j softmax_j(scale · q_g·k_j) v_j over positions j in [lo, hi), key j at
-// keys + j*stride, value j at values + j*stride. Each key and value row is read once for all G
-// heads. The arithmetic is the one the Swift loop with dot_f32 and axpy_f32 did, in the same
-// order: scores[g*n + j] (n = hi - lo floats per head of scratch).
+// keys + j*stride, value j at values + j*stride; scores[g*n + j] is scratch (n = hi - lo).
+// Four heads at a time, so each key and value row is read once per four heads: a key's four
+// dot products share one horizontal sum (hsum4), and the four heads' outputs, four vectors of
+// columns at a time, stay in registers while every value row is added (in position order, as
+// y += p_j v_j would).
 INLINE void attend_body(const float *q, size_t G, size_t hd, const float *keys,
                         const float *values, size_t stride, size_t lo, size_t hi, float scale,
                         float *scores, float *out) {
-    const size_t n = hi - lo;
-    for (size_t g = 0; g < G; g++) {
-        float *s = scores + g * n, m = -__builtin_inff();
+    const size_t n = hi - lo, vhd = hd - hd % VW;
+    for (size_t g0 = 0; g0 < G; g0 += 4) {
+        const size_t H = G - g0 < 4 ? G - g0 : 4;
+        const float *qg = q + g0 * hd;
+        float *sg = scores + g0 * n;
         for (size_t j = 0; j < n; j++) {
-            s[j] = dot_body(q + g * hd, keys + (lo + j) * stride, hd) * scale;
-            m = s[j] > m ? s[j] : m;
+            const float *k = keys + (lo + j) * stride;
+            vf acc[4] = {0, 0, 0, 0};
+            for (size_t i = 0; i < vhd; i += VW) {
+                vf kv = load_f32(k + i);
+                UNROLL for (int h = 0; h < 4; h++)
+                    if ((size_t)h < H) acc[h] += load_f32(qg + h * hd + i) * kv;
+            }
+            v4 dots = hsum4(acc[0], acc[1], acc[2], acc[3]);
+            for (size_t h = 0; h < H; h++) {
+                float d = dots[h];
+                for (size_t i = vhd; i < hd; i++) d += qg[h * hd + i] * k[i];
+                sg[h * n + j] = d * scale;
+            }
         }
-        float sum = 0;
-        for (size_t j = 0; j < n; j++) {
-            s[j] = expf(s[j] - m);
-            sum += s[j];
+        for (size_t h = 0; h < H; h++) softmax_in_place(sg + h * n, n);
+
+        float *og = out + g0 * hd;
+        size_t c0 = 0;
+        for (; c0 + 4 * VW <= vhd; c0 += 4 * VW) {
+            vf acc[4][4] = {{0}};
+            for (size_t j = 0; j < n; j++) {
+                const float *v = values + (lo + j) * stride + c0;
+                vf vv[4];
+                UNROLL for (int c = 0; c < 4; c++) vv[c] = load_f32(v + c * VW);
+                UNROLL for (int h = 0; h < 4; h++) {
+                    if ((size_t)h >= H) continue;
+                    vf p = sg[h * n + j];
+                    UNROLL for (int c = 0; c < 4; c++) acc[h][c] += p * vv[c];
+                }
+            }
+            for (size_t h = 0; h < H; h++)
+                UNROLL for (int c = 0; c < 4; c++) store_f32(og + h * hd + c0 + c * VW, acc[h][c]);
         }
-        for (size_t j = 0; j < n; j++) s[j] = s[j] / sum;
-        __builtin_memset(out + g * hd, 0, hd * sizeof(float));
+        for (; c0 < vhd; c0 += VW) {
+            vf acc[4] = {0, 0, 0, 0};
+            for (size_t j = 0; j < n; j++) {
+                vf vv = load_f32(values + (lo + j) * stride + c0);
+                UNROLL for (int h = 0; h < 4; h++)
+                    if ((size_t)h < H) acc[h] += (vf)sg[h * n + j] * vv;
+            }
+            for (size_t h = 0; h < H; h++) store_f32(og + h * hd + c0, acc[h]);
+        }
+        for (size_t h = 0; h < H; h++)
+            for (size_t i = vhd; i < hd; i++) {
+                float a = 0;
+                for (size_t j = 0; j < n; j++) a += sg[h * n + j] * values[(lo + j) * stride + i];
+                og[h * hd + i] = a;
+            }
     }
-    for (size_t j = 0; j < n; j++)
-        for (size_t g = 0; g < G; g++)
-            axpy_body(out + g * hd, scores[g * n + j], values + (lo + j) * stride, hd);
 }
 
 // Four independent sums so the adds never wait on each other: only memory limits the loop.
@@ -502,6 +614,7 @@ SHOAL_ATTR static void attend_f32(const float *q, size_t G, size_t hd, const flo
                                   float scale, float *scores, float *out) {
     attend_body(q, G, hd, keys, values, stride, lo, hi, scale, scores, out);
 }
+SHOAL_ATTR static void swiglu_f32(float *a, const float *b, size_t n) { swiglu_body(a, b, n); }
 SHOAL_ATTR static float read_sum_f32(const float *p, size_t n) { return read_sum_body(p, n); }
 
 const struct shoal_kernel_table SHOAL_TABLE = {
@@ -513,5 +626,6 @@ const struct shoal_kernel_table SHOAL_TABLE = {
     .dot_f32 = dot_f32,
     .axpy_f32 = axpy_f32,
     .attend_f32 = attend_f32,
+    .swiglu_f32 = swiglu_f32,
     .read_sum_f32 = read_sum_f32,
 };

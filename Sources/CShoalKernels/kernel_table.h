@@ -15,6 +15,7 @@ struct shoal_kernel_table {
     void (*axpy_f32)(float *, float, const float *, size_t);
     void (*attend_f32)(const float *, size_t, size_t, const float *, const float *, size_t,
                        size_t, size_t, float, float *, float *);
+    void (*swiglu_f32)(float *, const float *, size_t);
     float (*read_sum_f32)(const float *, size_t);
 };
 

@@ -91,4 +91,6 @@ void shoal_attend_f32(const float *q, size_t G, size_t hd, const float *keys,
     table()->attend_f32(q, G, hd, keys, values, stride, lo, hi, scale, scores, out);
 }
 
+void shoal_swiglu_f32(float *a, const float *b, size_t n) { table()->swiglu_f32(a, b, n); }
+
 float shoal_read_sum_f32(const float *p, size_t n) { return table()->read_sum_f32(p, n); }

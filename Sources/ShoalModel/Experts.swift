@@ -138,10 +138,7 @@ public final class LocalExperts: ExpertBackend {
         let per = (count + chunks - 1) / chunks
         let body = { (c: Int) in
             let lo = c * per, hi = min(count, lo + per)
-            for i in lo..<hi {
-                let a = h1[i]
-                h1[i] = a / (1 + expf(-a)) * h3[i]
-            }
+            if lo < hi { Kernels.swiglu(h1 + lo, h3 + lo, count: hi - lo) }
         }
         if chunks == 1 { body(0) } else { pool.parallelFor(chunks, body) }
     }

@@ -134,6 +134,11 @@ public enum Kernels {
                          positions.upperBound, scale, scores, out)
     }
 
+    /// a[i] = silu(a[i]) · b[i] over `count` floats: an expert's gate.
+    public static func swiglu(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int) {
+        shoal_swiglu_f32(a, b, count)
+    }
+
     // MARK: - Splitting and the C calls
 
     /// The rows of one job that part `part` of `parts` owns, when all jobs' rows are laid end to

@@ -186,19 +186,45 @@ import Testing
         }
     }
 
+    /// The expert gate against silu(a)·b in Double, for gates from -120 to 120 (past where
+    /// e^-a overflows a float) and lengths off the vector width. Below a = -87.3 the kernel
+    /// gives 0 where the exact value is under 1e-35 (e^a is past the normal floats there).
+    @Test func swigluMatchesDoubleReference() {
+        var rng = TestRNG(seed: 11)
+        forEachISA { isa in
+            for count in [1, 7, 16, 37, 1000] {
+                let a = TestBuffer(filled: count, with: 0), b = TestBuffer(random: count, rng: &rng)
+                for i in 0..<count { a.pointer[i] = rng.float() * 120 }
+                a.pointer[0] = count == 1 ? 0 : -103.5  // e^103.5 is past Float.greatestFiniteMagnitude
+                let before = (0..<count).map { Double(a.pointer[$0]) }
+                Kernels.swiglu(a.pointer, b.pointer, count: count)
+                for i in 0..<count {
+                    let x = before[i], expected = x / (1 + Foundation.exp(-x)) * Double(b.pointer[i])
+                    let got = Double(a.pointer[i])
+                    #expect(abs(got - expected) <= 1e-6 * abs(expected) + 1e-35,
+                            "\(isa) swiglu n=\(count) i=\(i) a=\(x): \(got) vs \(expected)")
+                }
+            }
+        }
+    }
+
     /// Grouped attention at one position against a Double softmax, with head sizes off the
-    /// vector width, a stride wider than one head and a window that starts past 0.
+    /// vector width, a stride wider than one head, a window that starts past 0, groups of more
+    /// than four heads, and scores spread over a hundred (`sharpness`: e^x down to underflow).
     @Test func attendMatchesDoubleReference() {
         var rng = TestRNG(seed: 9)
         forEachISA { isa in
-            for (group, hd, positions) in [(1, 16, 0..<1), (4, 64, 0..<77), (3, 37, 5..<40), (2, 100, 30..<31)] {
+            for (group, hd, positions, sharpness) in [
+                (1, 16, 0..<1, Float(1)), (4, 64, 0..<77, 1), (3, 37, 5..<40, 1), (2, 100, 30..<31, 1),
+                (6, 130, 3..<300, 1), (8, 80, 0..<513, 1), (4, 128, 0..<200, 60),
+            ] {
                 let stride = hd * 2 + 3, rows = positions.upperBound
                 let q = TestBuffer(random: group * hd, rng: &rng)
                 let keys = TestBuffer(random: rows * stride, rng: &rng)
                 let values = TestBuffer(random: rows * stride, rng: &rng)
                 let scores = TestBuffer(filled: group * positions.count, with: .nan)
                 let out = TestBuffer(filled: group * hd, with: .nan)
-                let scale = 1 / Float(hd).squareRoot()
+                let scale = sharpness / Float(hd).squareRoot()
                 Kernels.attend(q: q.pointer, group: group, headDim: hd, keys: keys.pointer, values: values.pointer,
                                stride: stride, positions: positions, scale: scale, scores: scores.pointer, out: out.pointer)
                 for g in 0..<group {

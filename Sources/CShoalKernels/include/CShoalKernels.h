@@ -85,6 +85,10 @@ void shoal_attend_f32(const float *q, size_t G, size_t hd, const float *keys,
                       const float *values, size_t stride, size_t lo, size_t hi, float scale,
                       float *scores, float *out);
 
+/// The SwiGLU gate of an expert: a[i] = silu(a[i]) * b[i] = a[i] · sigmoid(a[i]) · b[i] over n
+/// floats, with e^-|a| computed a vector at a time (never overflowing).
+void shoal_swiglu_f32(float *a, const float *b, size_t n);
+
 /// Sum of n floats read once, front to back: a plain streaming read for bandwidth probes.
 float shoal_read_sum_f32(const float *p, size_t n);
 
