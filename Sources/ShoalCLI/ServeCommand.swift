@@ -33,6 +33,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Tokens a request may generate when it sets no max_tokens.") var defaultMaxTokens = 1024
     @Option(help: "The model id clients use (default: the folder's name).") var modelName: String?
     @Option(help: "Compute threads (default: one per core).") var threads = Engine.defaultThreads
+    @Flag(help: "Read the weights this process computes with (attention, embeddings, output, and the experts when they are local) into memory before listening, with a progress bar; otherwise the first requests page them in from disk.")
+    var preload = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
     @Option(help: "Seconds running requests get to finish at shutdown.") var grace: Double = 10
@@ -80,6 +82,14 @@ struct ServeCommand: ParsableCommand {
             let coordinator = try cluster.coordinator(folder: model, threads: threads, startWithMissingPairs: true)
             defer { withExtendedLifetime(coordinator) {} }
             let engine = coordinator.engine
+            if preload {
+                var bar: ProgressBar?
+                engine.preload { done, total in
+                    if bar == nil { bar = ProgressBar("preloading weights", totalBytes: total) }
+                    bar!.update(done)
+                }
+                bar?.finish()
+            }
             let config = engine.model.config
             let bytesPerToken = config.kvCacheBytesPerPosition
             var options = PromptServer.Options()

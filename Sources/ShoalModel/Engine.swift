@@ -8,6 +8,8 @@ public final class Engine {
     public let model: MixtralModel
     public let generator: Generator
     public let pool: ComputePool
+    /// The experts this engine made itself (no `experts` backend given): they live in this process.
+    public let localExperts: ExpertStore?
 
     /// Loads `folder` (either layout) on `threads` threads, with every expert local unless
     /// `experts` makes another backend (the cluster's remote experts); then no expert tensor
@@ -18,10 +20,26 @@ public final class Engine {
         checkpoint = try Checkpoint(folder: folder, quantize: quantize)
         tokenizer = try checkpoint.loadTokenizer()
         pool = ComputePool(threads: threads, cpus: cpus)
-        let experts = try makeExperts?(checkpoint, pool)
-            ?? LocalExperts(store: try ExpertStore.load(checkpoint), pool: pool)
+        let experts: ExpertBackend
+        if let makeExperts {
+            experts = try makeExperts(checkpoint, pool)
+            localExperts = nil
+        } else {
+            let store = try ExpertStore.load(checkpoint)
+            experts = LocalExperts(store: store, pool: pool)
+            localExperts = store
+        }
         model = MixtralModel(weights: try CoordinatorWeights(checkpoint: checkpoint), experts: experts, pool: pool)
         generator = Generator(model: model, tokenizer: tokenizer)
+    }
+
+    /// Reads every page of the weights this process computes with (the coordinator's
+    /// matrices, and the experts when they are local) into memory, so the first requests do
+    /// not page them in from disk; `progress(bytesDone, bytesTotal)` after each matrix.
+    public func preload(progress: (Int, Int) -> Void = { _, _ in }) {
+        let shared = model.weights.byteCount, total = shared + (localExperts?.byteCount ?? 0)
+        model.weights.preload { done, _ in progress(done, total) }
+        localExperts?.preload { done, _ in progress(shared + done, total) }
     }
 
     /// One thread per online core.

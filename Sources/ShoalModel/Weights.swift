@@ -42,6 +42,28 @@ public final class CoordinatorWeights: Sendable {
                 router: try checkpoint.matrix(.router(l), rows: c.experts, cols: c.dim))
         }
     }
+
+    /// The matrices mapped from the file, in the order a forward pass reads them (the
+    /// output matrix once, even when it is the embedding).
+    public var matrices: [Matrix] {
+        [embedding] + layers.flatMap { [$0.wq, $0.wk, $0.wv, $0.wo, $0.router] }
+            + (config.tiedEmbeddings ? [] : [output])
+    }
+
+    /// Bytes of the mapped matrices.
+    public var byteCount: Int { matrices.reduce(0) { $0 + $1.byteCount } }
+
+    /// Reads every page of the matrices into memory, calling `progress(bytesDone, bytesTotal)`
+    /// after each.
+    public func preload(progress: (Int, Int) -> Void = { _, _ in }) {
+        let total = byteCount
+        var done = 0
+        for m in matrices {
+            MappedPages.touch(UnsafeRawBufferPointer(start: m.base, count: m.byteCount))
+            done += m.byteCount
+            progress(done, total)
+        }
+    }
 }
 
 /// One (layer, expert) pair.
