@@ -40,8 +40,7 @@ public final class LocalExperts: ExpertBackend {
     private var counts: [Int]  // (experts,) tokens routed to each expert
     private var offsets: [Int]  // (experts+1,) first slot of each expert
     private var fill: [Int]  // (experts,) next free slot while gathering
-    private var jobs: [MatMul] = []
-    private var vecJobs: [MatVec] = []
+    private var products = ProductBatch()
 
     public init(store: ExpertStore, pool: ComputePool) {
         self.store = store
@@ -97,26 +96,20 @@ public final class LocalExperts: ExpertBackend {
 
     private enum Phase { case up, down }
 
-    /// Dispatches one phase's products for each active expert, as GEMVs when every expert
-    /// has one token (decode) and as GEMMs otherwise. A GEMM over one token runs the GEMV
-    /// kernel, so an expert's result depends only on its own tokens, never on which other
-    /// experts share the call: a worker holding a subset computes the same bits.
+    /// Dispatches one phase's products for each active expert in one `ProductBatch`: an
+    /// expert's result depends only on its own tokens, never on which other experts share the
+    /// call, so a worker holding a subset computes the same bits.
     private func dispatch(
         layer: Int, phase: Phase, xs: UnsafeMutablePointer<Float>, h1: UnsafeMutablePointer<Float>,
         h3: UnsafeMutablePointer<Float>, ys: UnsafeMutablePointer<Float>
     ) {
-        jobs.removeAll(keepingCapacity: true)
-        vecJobs.removeAll(keepingCapacity: true)
+        products.removeAll()
         func add(_ m: Matrix, _ x: UnsafePointer<Float>, _ ldx: Int, _ y: UnsafeMutablePointer<Float>, _ ldy: Int, _ n: Int) {
-            jobs.append(MatMul(matrix: m, x: x, ldx: ldx, n: n, y: y, ldy: ldy))
-            vecJobs.append(MatVec(matrix: m, x: x, y: y))
-            weightBytesRead += m.byteCount
+            products.append(MatMul(matrix: m, x: x, ldx: ldx, n: n, y: y, ldy: ldy))
         }
-        var allSingle = true
         for e in counts.indices where counts[e] > 0 {
             let w = store.experts[ExpertKey(layer: layer, expert: e)]!
             let o = offsets[e], m = counts[e]
-            allSingle = allSingle && m == 1
             switch phase {
             case .up:
                 add(w.w1, xs + o * dim, dim, h1 + o * hidden, hidden, m)
@@ -125,11 +118,8 @@ public final class LocalExperts: ExpertBackend {
                 add(w.w2, h1 + o * hidden, hidden, ys + o * dim, dim, m)
             }
         }
-        if allSingle {
-            vecJobs.withUnsafeBufferPointer { Kernels.gemv($0, pool: pool) }
-        } else {
-            jobs.withUnsafeBufferPointer { Kernels.gemm($0, pool: pool) }
-        }
+        weightBytesRead += products.weightBytes
+        products.run(pool: pool)
     }
 
     /// hb = silu(hb) ⊙ hb2, split across the pool.

@@ -50,8 +50,7 @@ public final class MixtralModel {
     private var chosen: [Int]  // (k,) one token's experts, highest logit first
     private var weight: [Float]  // (k,) their softmax weights
     private var chosenAscending: [(expert: Int, weight: Float)] = []  // (k,) both, by expert
-    private var jobs: [MatMul] = []
-    private var vecJobs: [MatVec] = []
+    private var products = ProductBatch()
     private var flat: [Int] = []  // (T,) the step's token ids, segment after segment
 
     public init(weights: CoordinatorWeights, experts: ExpertBackend, pool: ComputePool, chunkSize: Int = 256) {
@@ -166,11 +165,11 @@ public final class MixtralModel {
 
             // Attention: h = x + wo · attention(rmsnorm(x)).
             rmsnorm(xb, x, w.attentionNorm, count: T)
-            jobs.removeAll(keepingCapacity: true)
-            jobs.append(MatMul(matrix: w.wq, x: xb, ldx: dim, n: T, y: q, ldy: qDim))
-            jobs.append(MatMul(matrix: w.wk, x: xb, ldx: dim, n: T, y: k, ldy: kvDim))
-            jobs.append(MatMul(matrix: w.wv, x: xb, ldx: dim, n: T, y: v, ldy: kvDim))
-            runJobs()
+            products.removeAll()
+            products.append(MatMul(matrix: w.wq, x: xb, ldx: dim, n: T, y: q, ldy: qDim))
+            products.append(MatMul(matrix: w.wk, x: xb, ldx: dim, n: T, y: k, ldy: kvDim))
+            products.append(MatMul(matrix: w.wv, x: xb, ldx: dim, n: T, y: v, ldy: kvDim))
+            runProducts()
             applyRope(q, heads: config.heads, count: T)
             applyRope(k, heads: config.kvHeads, count: T)
             for s in segments {
@@ -314,20 +313,14 @@ public final class MixtralModel {
 
     /// y[t*ldy + r] = m[r,:] · x[t*m.cols + :], as a GEMV for one token.
     private func product(_ m: Matrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, n: Int) {
-        jobs.removeAll(keepingCapacity: true)
-        jobs.append(MatMul(matrix: m, x: x, ldx: m.cols, n: n, y: y, ldy: ldy))
-        runJobs()
+        products.removeAll()
+        products.append(MatMul(matrix: m, x: x, ldx: m.cols, n: n, y: y, ldy: ldy))
+        runProducts()
     }
 
-    /// Runs `jobs` in one dispatch: GEMVs when every product has one token.
-    private func runJobs() {
-        for j in jobs { weightBytesRead += j.matrix.byteCount }
-        if jobs.allSatisfy({ $0.n == 1 }) {
-            vecJobs.removeAll(keepingCapacity: true)
-            for j in jobs { vecJobs.append(MatVec(matrix: j.matrix, x: j.x, y: j.y)) }
-            vecJobs.withUnsafeBufferPointer { Kernels.gemv($0, pool: pool) }
-        } else {
-            jobs.withUnsafeBufferPointer { Kernels.gemm($0, pool: pool) }
-        }
+    /// Runs `products` in one dispatch, counting the weight bytes it streams.
+    private func runProducts() {
+        weightBytesRead += products.weightBytes
+        products.run(pool: pool)
     }
 }

@@ -44,6 +44,41 @@ public struct MatMul {
     }
 }
 
+/// Matrix products to run in one dispatch, kept from call to call so that, once warm, a
+/// forward pass allocates nothing for them. The one place that chooses GEMV or GEMM.
+public struct ProductBatch {
+    private var jobs: [MatMul] = []
+    private var vectors: [MatVec] = []
+
+    public init() {}
+
+    /// Weight bytes of the products added since the last `removeAll`.
+    public private(set) var weightBytes = 0
+
+    public mutating func append(_ job: MatMul) {
+        jobs.append(job)
+        weightBytes += job.matrix.byteCount
+    }
+
+    public mutating func removeAll() {
+        jobs.removeAll(keepingCapacity: true)
+        weightBytes = 0
+    }
+
+    /// Runs the products in one dispatch: as GEMVs when every one has a single token (a
+    /// decode step), as GEMMs otherwise. A GEMM over one token runs the GEMV kernel, so a
+    /// product's result depends only on its own tokens, never on the others in the batch.
+    public mutating func run(pool: ComputePool) {
+        if jobs.allSatisfy({ $0.n == 1 }) {
+            vectors.removeAll(keepingCapacity: true)
+            for j in jobs { vectors.append(MatVec(matrix: j.matrix, x: j.x, y: j.y)) }
+            vectors.withUnsafeBufferPointer { Kernels.gemv($0, pool: pool) }
+        } else {
+            jobs.withUnsafeBufferPointer { Kernels.gemm($0, pool: pool) }
+        }
+    }
+}
+
 /// The fast kernels (C, chosen per CPU at run time) behind safe-ish Swift entry points.
 public enum Kernels {
     /// The instruction set in use: "avx512", "avx2" or "generic".
