@@ -82,14 +82,7 @@ struct ServeCommand: ParsableCommand {
             let coordinator = try cluster.coordinator(folder: model, threads: threads, startWithMissingPairs: true)
             defer { withExtendedLifetime(coordinator) {} }
             let engine = coordinator.engine
-            if preload {
-                var bar: ProgressBar?
-                engine.preload { done, total in
-                    if bar == nil { bar = ProgressBar("preloading weights", totalBytes: total) }
-                    bar!.update(done)
-                }
-                bar?.finish()
-            }
+            if preload { engine.preload(progress: preloadProgress("preloading weights")) }
             let config = engine.model.config
             let bytesPerToken = config.kvCacheBytesPerPosition
             var options = PromptServer.Options()

@@ -87,7 +87,7 @@ struct WorkerCommand: ParsableCommand {
             let worker = try ExpertWorker(
                 checkpoint: checkpoint, pairs: pairs, threads: threads, maxTokens: maxTokens, cpus: cpus,
                 name: workerName, assignableBytes: join == nil ? nil : offered,
-                preload: preload ? preloadProgress() : nil, logger: logger)
+                preload: preload ? preloadProgress("preloading experts") : nil, logger: logger)
             // Signals are taken before the server starts, so none is lost between the two.
             let stop = StopSignal()
             let server = try worker.startServer(listen: listen, security: node.security)
@@ -209,20 +209,24 @@ func formatBytes(_ n: Int) -> String {
     return unit == 0 ? "\(n) B" : String(format: "%.2f %@", value, units[unit])
 }
 
-/// `--preload`'s progress: a bar per load (the worker's experts at start, each assignment).
-private func preloadProgress() -> @Sendable (Int, Int) -> Void {
-    let state = PreloadBar()
+/// `--preload`'s progress (`worker`, `serve`): a bar per load (a worker's experts at start,
+/// each assignment).
+func preloadProgress(_ title: String) -> @Sendable (Int, Int) -> Void {
+    let state = PreloadBar(title: title)
     return { done, total in state.update(done, total) }
 }
 
 /// One progress bar at a time, made when a load starts and finished when it ends.
 private final class PreloadBar: @unchecked Sendable {
+    private let title: String
     private let lock = NSLock()
     private var bar: ProgressBar?
 
+    init(title: String) { self.title = title }
+
     func update(_ done: Int, _ total: Int) {
         lock.withLock {
-            if bar == nil { bar = ProgressBar("preloading experts", totalBytes: total) }
+            if bar == nil { bar = ProgressBar(title, totalBytes: total) }
             bar!.update(done)
             if done >= total {
                 bar!.finish()

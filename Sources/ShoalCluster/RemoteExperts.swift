@@ -429,15 +429,15 @@ public final class RemoteExperts: ExpertBackend {
             slotWorker = Array(repeating: 0, count: routes.count)
             slotRow = Array(repeating: 0, count: routes.count)
         }
-        var first = 0  // the first route of the current token
-        for s in routes.indices {
-            let t = Int(routes.token[s]), e = Int(routes.expert[s])
-            if s > 0 && t != Int(routes.token[s - 1]) { first = s }
-            let w = try holder(layer: layer, expert: e, sharingWith: slotWorker[first..<s])
-            slotWorker[s] = w
-            if plans[w].tokens.last != t { plans[w].tokens.append(t) }
-            slotRow[s] = plans[w].tokens.count - 1
-            plans[w].routes.append(token: plans[w].tokens.count - 1, expert: e, weight: routes.weight[s])
+        for (t, group) in routes.byToken {
+            for s in group {
+                let e = Int(routes.expert[s])
+                let w = try holder(layer: layer, expert: e, sharingWith: slotWorker[group.lowerBound..<s])
+                slotWorker[s] = w
+                if plans[w].tokens.last != t { plans[w].tokens.append(t) }
+                slotRow[s] = plans[w].tokens.count - 1
+                plans[w].routes.append(token: plans[w].tokens.count - 1, expert: e, weight: routes.weight[s])
+            }
         }
     }
 
@@ -559,14 +559,13 @@ public final class RemoteExperts: ExpertBackend {
     /// lowest expert for t, which is the order its first route appears in.
     private func combine(_ routes: Routes, into out: UnsafeMutablePointer<Float>) {
         out.update(repeating: 0, count: routes.tokenCount * dim)
-        var first = 0  // the first route of the current token
-        for s in routes.indices {
-            let t = Int(routes.token[s])
-            if s > 0 && t != Int(routes.token[s - 1]) { first = s }
-            let w = slotWorker[s]
-            if slotWorker[first..<s].contains(w) { continue }  // this worker's sum is in
-            let src = partials[w].pointer + slotRow[s] * dim, o = out + t * dim
-            for i in 0..<dim { o[i] += src[i] }
+        for (t, group) in routes.byToken {
+            for s in group {
+                let w = slotWorker[s]
+                if slotWorker[group.lowerBound..<s].contains(w) { continue }  // this worker's sum is in
+                let src = partials[w].pointer + slotRow[s] * dim, o = out + t * dim
+                for i in 0..<dim { o[i] += src[i] }
+            }
         }
     }
 

@@ -37,9 +37,7 @@ public final class Engine {
     /// matrices, and the experts when they are local) into memory, so the first requests do
     /// not page them in from disk; `progress(bytesDone, bytesTotal)` after each matrix.
     public func preload(progress: (Int, Int) -> Void = { _, _ in }) {
-        let shared = model.weights.byteCount, total = shared + (localExperts?.byteCount ?? 0)
-        model.weights.preload { done, _ in progress(done, total) }
-        localExperts?.preload { done, _ in progress(shared + done, total) }
+        MappedPages.touch(model.weights.matrices + (localExperts?.matrices ?? []), progress: progress)
     }
 
     /// One thread per online core.

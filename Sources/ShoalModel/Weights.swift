@@ -49,21 +49,6 @@ public final class CoordinatorWeights: Sendable {
         [embedding] + layers.flatMap { [$0.wq, $0.wk, $0.wv, $0.wo, $0.router] }
             + (config.tiedEmbeddings ? [] : [output])
     }
-
-    /// Bytes of the mapped matrices.
-    public var byteCount: Int { matrices.reduce(0) { $0 + $1.byteCount } }
-
-    /// Reads every page of the matrices into memory, calling `progress(bytesDone, bytesTotal)`
-    /// after each.
-    public func preload(progress: (Int, Int) -> Void = { _, _ in }) {
-        let total = byteCount
-        var done = 0
-        for m in matrices {
-            MappedPages.touch(UnsafeRawBufferPointer(start: m.base, count: m.byteCount))
-            done += m.byteCount
-            progress(done, total)
-        }
-    }
 }
 
 /// One (layer, expert) pair.
@@ -116,18 +101,15 @@ public final class ExpertStore: Sendable {
     /// Bytes of weights held.
     public var byteCount: Int { experts.values.reduce(0) { $0 + $1.w1.byteCount + $1.w2.byteCount + $1.w3.byteCount } }
 
-    /// Reads every page of the held weights into memory, in ascending (layer, expert) order,
-    /// calling `progress(bytesDone, bytesTotal)` after each matrix.
+    /// The held matrices in ascending (layer, expert) order, w1, w3, w2 of each.
+    public var matrices: [Matrix] {
+        experts.keys.sorted().flatMap { [experts[$0]!.w1, experts[$0]!.w3, experts[$0]!.w2] }
+    }
+
+    /// Reads every page of the held weights into memory, in `matrices` order, calling
+    /// `progress(bytesDone, bytesTotal)` after each matrix.
     public func preload(progress: (Int, Int) -> Void = { _, _ in }) {
-        let total = byteCount
-        var done = 0
-        for key in experts.keys.sorted() {
-            for m in [experts[key]!.w1, experts[key]!.w3, experts[key]!.w2] {
-                MappedPages.touch(UnsafeRawBufferPointer(start: m.base, count: m.byteCount))
-                done += m.byteCount
-                progress(done, total)
-            }
-        }
+        MappedPages.touch(matrices, progress: progress)
     }
 
     /// Bytes of weights held per stored type (a Q4_K_M file mixes Q4_K and Q6_K experts),

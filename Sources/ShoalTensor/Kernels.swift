@@ -53,17 +53,11 @@ public struct ProductBatch {
     public init() {}
 
     /// Weight bytes of the products added since the last `removeAll`.
-    public private(set) var weightBytes = 0
+    public var weightBytes: Int { jobs.reduce(0) { $0 + $1.matrix.byteCount } }
 
-    public mutating func append(_ job: MatMul) {
-        jobs.append(job)
-        weightBytes += job.matrix.byteCount
-    }
+    public mutating func append(_ job: MatMul) { jobs.append(job) }
 
-    public mutating func removeAll() {
-        jobs.removeAll(keepingCapacity: true)
-        weightBytes = 0
-    }
+    public mutating func removeAll() { jobs.removeAll(keepingCapacity: true) }
 
     /// Runs the products in one dispatch: as GEMVs when every one has a single token (a
     /// decode step), as GEMMs otherwise. A GEMM over one token runs the GEMV kernel, so a

@@ -29,7 +29,7 @@ public struct Routes: RandomAccessCollection, Equatable, Sendable {
     /// Each route's weight.
     public private(set) var weight: [Float] = []
     /// The tokens the routes cover: one past the last route's token.
-    public private(set) var tokenCount = 0
+    public var tokenCount: Int { token.last.map { Int($0) + 1 } ?? 0 }
 
     /// No routes.
     public init() {}
@@ -49,7 +49,6 @@ public struct Routes: RandomAccessCollection, Equatable, Sendable {
         self.token = token
         self.expert = expert
         self.weight = weight
-        tokenCount = previousToken + 1
     }
 
     /// Routes from a list (tests and small callers).
@@ -66,7 +65,6 @@ public struct Routes: RandomAccessCollection, Equatable, Sendable {
         token.append(UInt32(t))
         expert.append(UInt32(e))
         weight.append(w)
-        tokenCount = t + 1
     }
 
     /// Removes every route, keeping the storage for the next call.
@@ -74,7 +72,26 @@ public struct Routes: RandomAccessCollection, Equatable, Sendable {
         token.removeAll(keepingCapacity: true)
         expert.removeAll(keepingCapacity: true)
         weight.removeAll(keepingCapacity: true)
-        tokenCount = 0
+    }
+
+    /// Each token with the indices of its routes, in order; allocates nothing.
+    public var byToken: TokenGroups { TokenGroups(token: token) }
+
+    /// The routes grouped by token: `(token, start..<end)` for tokens 0, 1, …
+    public struct TokenGroups: Sequence, IteratorProtocol {
+        fileprivate let token: [UInt32]
+        private var start = 0
+
+        fileprivate init(token: [UInt32]) { self.token = token }
+
+        public mutating func next() -> (token: Int, routes: Range<Int>)? {
+            guard start < token.count else { return nil }
+            let t = token[start]
+            var end = start + 1
+            while end < token.count && token[end] == t { end += 1 }
+            defer { start = end }
+            return (Int(t), start..<end)
+        }
     }
 
     public var startIndex: Int { 0 }

@@ -236,6 +236,18 @@ public enum MappedPages {
         return sum &+ base.load(fromByteOffset: bytes.count - 1, as: UInt8.self)
     }
 
+    /// Touches every page of `matrices` in order (`touch(_:)`), calling
+    /// `progress(bytesDone, bytesTotal)` after each: `--preload`'s work.
+    public static func touch(_ matrices: [Matrix], progress: (Int, Int) -> Void) {
+        let total = matrices.reduce(0) { $0 + $1.byteCount }
+        var done = 0
+        for m in matrices {
+            touch(UnsafeRawBufferPointer(start: m.base, count: m.byteCount))
+            done += m.byteCount
+            progress(done, total)
+        }
+    }
+
     static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 }
 

@@ -38,12 +38,7 @@ import Testing
         let cluster = try LocalCluster(folder: folder, specs: ["0-3", "4-7"])
         let addresses = cluster.addresses
         let server = try await offPool {
-            var options = RemoteExperts.Options()
-            options.wireDType = .f32
-            options.timeout = .seconds(20)
-            let engine = try Engine(folder: folder, threads: 1) { checkpoint, _ in
-                try RemoteExperts(checkpoint: checkpoint, workers: addresses, options: options)
-            }
+            let (engine, _) = try remoteEngine(folder: folder, workers: addresses, timeout: .seconds(20))
             var serveOptions = PromptServer.Options()
             serveOptions.http = "127.0.0.1:0"
             serveOptions.grpc = nil

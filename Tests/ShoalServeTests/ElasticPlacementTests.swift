@@ -70,14 +70,9 @@ import Testing
         let setup = try await offPool {
             let local = try Engine(folder: folder, threads: 1)
             let alone = try requests.map { try local.generator.generate(prompt: $0.prompt, parameters: $0.parameters).ids }
-            var options = RemoteExperts.Options()
-            options.wireDType = .f32
-            options.timeout = .seconds(10)
-            options.startWithMissingPairs = true
-            let engine = try Engine(folder: folder, threads: 1) { checkpoint, _ in
-                try RemoteExperts(checkpoint: checkpoint, workers: [], options: options)
+            let (engine, remote) = try remoteEngine(folder: folder, workers: [], timeout: .seconds(10)) {
+                $0.startWithMissingPairs = true
             }
-            let remote = engine.model.experts as! RemoteExperts
             var controllerOptions = PlacementController.Options()
             controllerOptions.replicas = 1
             controllerOptions.heartbeat = .milliseconds(100)

@@ -21,13 +21,7 @@ import Testing
         let (alone, scheduler) = try await offPool {
             let local = try Engine(folder: folder, threads: 1)
             let alone = try requests.map { try local.generator.generate(prompt: $0.prompt, parameters: $0.parameters).ids }
-            var options = RemoteExperts.Options()
-            options.wireDType = .f32
-            options.timeout = .seconds(5)
-            let engine = try Engine(folder: folder, threads: 1) { checkpoint, _ in
-                try RemoteExperts(checkpoint: checkpoint, workers: addresses, options: options)
-            }
-            let remote = engine.model.experts as! RemoteExperts
+            let (engine, remote) = try remoteEngine(folder: folder, workers: addresses, timeout: .seconds(5))
             let coverage = remote.coverage
             let scheduler = Scheduler(engine: engine, isReady: { coverage.isComplete })
             scheduler.start()
@@ -70,13 +64,8 @@ import Testing
 
     static func start(_ folder: String, _ addresses: [String]) async throws -> Setup {
         try await offPool {
-            var options = RemoteExperts.Options()
-            options.wireDType = .f32
-            options.timeout = .seconds(30)  // the old fixed deadline: the measured one must win
-            let engine = try Engine(folder: folder, threads: 1) { checkpoint, _ in
-                try RemoteExperts(checkpoint: checkpoint, workers: addresses, options: options)
-            }
-            let remote = engine.model.experts as! RemoteExperts
+            // 30 s: the old fixed deadline; the measured one must win.
+            let (engine, remote) = try remoteEngine(folder: folder, workers: addresses, timeout: .seconds(30))
             let calls = CallCounts()
             remote.callObserver = { worker, _, failed, _, _ in if !failed { calls.add(worker) } }
             let coverage = remote.coverage
@@ -104,13 +93,7 @@ import Testing
         let parameters = GenerationParameters(maxTokens: 6, ignoreEOS: true)
         let (alone, warm, hung, elapsed, hedges, lateIsDown) = try await offPool {
             let alone = try Engine(folder: folder, threads: 1).generator.generate(prompt: prompt, parameters: parameters).ids
-            var options = RemoteExperts.Options()
-            options.wireDType = .f32
-            options.timeout = .seconds(30)
-            let engine = try Engine(folder: folder, threads: 1) { checkpoint, _ in
-                try RemoteExperts(checkpoint: checkpoint, workers: addresses, options: options)
-            }
-            let remote = engine.model.experts as! RemoteExperts
+            let (engine, remote) = try remoteEngine(folder: folder, workers: addresses, timeout: .seconds(30))
             // Measures the calls (a hedge waits for 8 at least).
             let warm = try engine.generator.generate(prompt: prompt, parameters: parameters).ids
             hang.set(true)

@@ -106,3 +106,21 @@ public final class Switch: Sendable {
     public var isOn: Bool { value.load(ordering: .acquiring) }
     public func set(_ on: Bool) { value.store(on, ordering: .releasing) }
 }
+
+/// An engine of `folder` whose experts are on `workers`, with the f32 wire (the result is
+/// bit-identical to one process) and `timeout` as the calls' fixed deadline; `configure` sets
+/// the other options. Returns the backend too, typed, for the test to watch or steer.
+public func remoteEngine(folder: String, workers: [String], timeout: Duration,
+                         configure: (inout RemoteExperts.Options) -> Void = { _ in }) throws -> (engine: Engine, remote: RemoteExperts) {
+    var options = RemoteExperts.Options()
+    options.wireDType = .f32
+    options.timeout = timeout
+    configure(&options)
+    var made: RemoteExperts?
+    let engine = try Engine(folder: folder, threads: 1) { [options] checkpoint, _ in
+        let remote = try RemoteExperts(checkpoint: checkpoint, workers: workers, options: options)
+        made = remote
+        return remote
+    }
+    return (engine, made!)
+}
