@@ -15,6 +15,8 @@ final class Prober: @unchecked Sendable {
         let answer: Swift.Result<RPCPayload, Error>
         /// Whether the worker was thought live when probed (a failure then marks it down).
         let wasLive: Bool
+        /// When the hello was sent.
+        let sent: ContinuousClock.Instant
     }
 
     private struct State {
@@ -90,8 +92,11 @@ final class Prober: @unchecked Sendable {
             if !targets.isEmpty {
                 var requests: [RPCPayload?] = Array(repeating: nil, count: channels.count)
                 for w in targets { requests[w] = request }
+                let sent = ContinuousClock.now
                 let answers = fanout.call(channels, ExpertServiceMethod.hello, requests, timeout: deadline)
-                let results = targets.map { Result(worker: $0, answer: answers[$0]!.result, wasLive: !down.contains($0)) }
+                let results = targets.map {
+                    Result(worker: $0, answer: answers[$0]!.result, wasLive: !down.contains($0), sent: sent)
+                }
                 state.withLock { $0.mailbox += results }
             }
             wake.lock()

@@ -73,6 +73,8 @@ public final class RemoteExperts: ExpertBackend {
         /// Why it is down, if it is.
         public fileprivate(set) var lastError: ClusterError?
         fileprivate var lastProbe: ContinuousClock.Instant?
+        /// When it was last marked down: a hello sent before then says nothing of it now.
+        fileprivate var downSince: ContinuousClock.Instant?
         /// Until when a worker that sent a bad answer stays down whatever its hellos say.
         fileprivate var quarantinedUntil: ContinuousClock.Instant?
         /// For a worker placed by the coordinator (`stage`): the pairs routed to it, which it
@@ -306,10 +308,14 @@ public final class RemoteExperts: ExpertBackend {
     private func applyProbes() {
         guard let results = prober?.takeResults(), !results.isEmpty else { return }
         for result in results where !workers[result.worker].isQuarantined {
+            // A hello answered before a call found the worker dead (sent just before it was
+            // killed, taken from the mailbox after) must not bring it back: the next round asks
+            // again.
+            if let since = workers[result.worker].downSince, result.sent < since { continue }
             do {
                 try accept(hello: result.answer, worker: result.worker)
             } catch {
-                if result.wasLive { workers[result.worker].alive = false }
+                if result.wasLive { markDown(result.worker) }
                 workers[result.worker].lastError = error as? ClusterError
             }
         }
@@ -492,7 +498,7 @@ public final class RemoteExperts: ExpertBackend {
             if let r = exchanged.hedgedBy[w] {
                 // w did not answer in time and its replica did: w counts as hung (the prober
                 // brings it back once it answers hellos), its stream was cancelled.
-                workers[w].alive = false
+                markDown(w)
                 workers[w].failures += 1
                 workers[w].lastError = ClusterError.computeFailed(
                     worker: workers[w].address, layer: layer, experts: plans[w].experts,
@@ -515,7 +521,7 @@ public final class RemoteExperts: ExpertBackend {
                 let failure = ClusterError.computeFailed(
                     worker: workers[w].address, layer: layer, experts: plans[w].experts, status: status)
                 if [.unavailable, .deadlineExceeded, .cancelled, .unknown].contains(status.code) {
-                    workers[w].alive = false
+                    markDown(w)
                     workers[w].lastError = failure
                     publishCoverage()
                 }
@@ -574,12 +580,17 @@ public final class RemoteExperts: ExpertBackend {
     /// error names it.
     private func badAnswer(_ w: Int, layer: Int, experts: [Int], detail: String) -> ClusterError {
         let failure = ClusterError.badResponse(worker: workers[w].address, layer: layer, experts: experts, detail: detail)
-        workers[w].alive = false
+        markDown(w)
         // Its hellos may be fine while its answers are not: it sits out a while first.
         workers[w].quarantinedUntil = .now + options.quarantine
         workers[w].lastError = failure
         publishCoverage()
         return failure
+    }
+
+    private func markDown(_ w: Int) {
+        workers[w].alive = false
+        workers[w].downSince = .now
     }
 
     private func openStream(_ w: Int) {

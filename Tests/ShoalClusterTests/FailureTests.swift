@@ -105,6 +105,58 @@ import ShoalRPC
         await restarted.shutdown(grace: .zero)
         await cluster.stop()
     }
+
+    /// A hello the prober sent just before a worker died can be answered and taken in after a
+    /// call found the worker dead. It says nothing of the worker now: taken as a sign of life it
+    /// routes the next request to the dead worker again (the retried step of a server then
+    /// fails too: a flake of ElasticPlacementTests when a worker is killed while serving).
+    @Test func aHelloAnsweredBeforeADeathDoesNotReviveTheWorker() async throws {
+        let folder = try Fixtures.path("models/tiny-f32/hf")
+        let prompt = try Fixtures.prompts("tiny-f32")[0]
+        let death = Death()
+        // Both hold every expert: each is the other's replica.
+        let cluster = try LocalCluster(folder: folder, specs: ["0-7", "0-7"], faults: [0: .diesWithAHelloInFlight(death)])
+        let addresses = cluster.addresses
+        struct Setup: @unchecked Sendable {
+            let engines: Engines
+            let remote: RemoteExperts
+        }
+        let setup = try await offPool {
+            // Hellos may take long: the held one must come back as an answer, not a timeout.
+            let (engine, remote) = try remoteEngine(folder: folder, workers: addresses, timeout: .seconds(20)) {
+                $0.probeDeadline = .seconds(30)
+            }
+            return Setup(engines: Engines(remote: engine, local: try Engine(folder: folder, threads: 1)), remote: remote)
+        }
+        let expected = try await offPool { try greedy(setup.engines.local, prompt, tokens: 4) }
+
+        // The idle coordinator's round of hellos: worker 0's is held.
+        death.hold.set(true)
+        let sentBefore = death.hellos
+        let asked = try await offPool {
+            eventually(within: 10) {
+                setup.remote.probe()
+                return death.hellos > sentBefore
+            }
+        }
+        #expect(asked, "no hello reached worker 0")
+        // It dies; a request finds it dead (holders alternate layer by layer) and fails.
+        death.dead.set(true)
+        let failure = await errorText { _ = try greedy(setup.engines.remote, prompt, tokens: 4) }
+        #expect(failure?.hasPrefix("worker \(addresses[0]) failed layer ") == true, "\(failure ?? "no request failed")")
+        // The held hello's answer comes back. The prober files it before its next round, whose
+        // hello to the dead worker is the sign that it has.
+        let held = death.hellos
+        death.hold.set(false)
+        #expect(try await offPool { eventually(within: 10) { death.hellos > held } }, "the prober asked no more")
+        let revived = try await offPool {
+            setup.remote.probe()
+            return setup.remote.workers[0].alive
+        }
+        #expect(!revived, "a hello sent before the worker died brought it back")
+        #expect(try await offPool { try greedy(setup.engines.remote, prompt, tokens: 4) } == expected)
+        await cluster.stop()
+    }
 }
 
 /// Engines handed between the test and the threads that drive them, one thread at a time.

@@ -46,6 +46,9 @@ public final class LocalCluster: @unchecked Sendable {
                 let end = ContinuousClock.now + .seconds(60)
                 while switchedOn.isOn, ContinuousClock.now < end { usleep(1_000) }
                 return answer
+            case .diesWithAHelloInFlight(let death):
+                if death.dead.isOn { throw RPCStatus(code: .unavailable, message: "connection refused") }
+                return answer
             }
         }
         // A hung process answers nothing: hellos and health checks wait too.
@@ -62,6 +65,7 @@ public final class LocalCluster: @unchecked Sendable {
             unary: [
                 ExpertServiceMethod.hello: { request, _ in
                     await silence()
+                    if case .diesWithAHelloInFlight(let death) = fault { try await death.hello() }
                     return try worker.hello(request)
                 },
                 ExpertServiceMethod.health: { request, _ in
@@ -97,6 +101,30 @@ public enum WorkerFault: Sendable {
     /// Holds every answer (Compute, hellos, health) while the switch is on (a stopped or
     /// wedged process).
     case hangs(Switch)
+    /// Dies while its answer to a hello is on the way back: a hello received while `hold` is on
+    /// is answered (honestly) once it is off; while `dead` is on, Compute and every other hello
+    /// fail as a killed worker's calls do.
+    case diesWithAHelloInFlight(Death)
+}
+
+/// The switches of `WorkerFault.diesWithAHelloInFlight`, and the hellos received.
+public final class Death: Sendable {
+    public let hold = Switch()
+    public let dead = Switch()
+    private let received = Atomic<Int>(0)
+    public init() {}
+    /// Hellos received so far.
+    public var hellos: Int { received.load(ordering: .acquiring) }
+
+    fileprivate func hello() async throws {
+        received.add(1, ordering: .acquiringAndReleasing)
+        if hold.isOn {
+            let end = ContinuousClock.now + .seconds(60)
+            while hold.isOn, !Task.isCancelled, ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(5)) }
+            return
+        }
+        if dead.isOn { throw RPCStatus(code: .unavailable, message: "connection refused") }
+    }
 }
 
 /// A flag a test turns on and off while a worker reads it.
