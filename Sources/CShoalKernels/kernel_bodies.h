@@ -223,23 +223,20 @@ INLINE void gemv_body(const void *W, int wt, size_t cols, const float *x, float 
 
 // ---- GEMM: Y = X Wᵀ over n tokens, compute bound ---------------------------------------------
 
-// y[t*ldy + i] (+)= w[i,:kc] · x[t*ldx + :kc] for an R x T tile (i < R rows, t < T tokens) in
-// R*T vector accumulators: each w load feeds T FMAs and each x load R.
-// Tile row i is w + i*ldw and lands in y[t*ldy + i*ys]. `prefetch` is PREFETCH_NEXT_TILE (the
-// next tile's rows, w + RT*ldw, same columns), PREFETCH_AHEAD (this tile's rows GEMV_PREFETCH
-// and GEMM_PREFETCH_L2 bytes ahead) or PREFETCH_NONE.
-INLINE void gemm_tile(const void *w, int wt, size_t ldw, const float *x, size_t ldx,
-                      size_t kc, float *y, size_t ldy, size_t ys, int R, int T, int accumulate,
-                      int prefetch) {
-    // w: R rows of W (of type wt) ldw weights apart; x: [T, ldx]; y: [T, ldy]
-    vf acc[RT][SHOAL_TT];
-    UNROLL for (int i = 0; i < RT; i++) UNROLL for (int t = 0; t < SHOAL_TT; t++) acc[i][t] = 0;
+// The vector part of an R x T tile (i < R rows of W, ldw weights apart; t < T tokens of x,
+// ldx floats apart) over columns k ..< end, into R*T vector accumulators: each w load feeds T
+// FMAs and each x load R. Lane j of acc[i][t] adds columns j, j + VW, ... in order, so running
+// the columns in several spans one after the other, the accumulators kept in between, gives
+// the same bits as one span. `prefetch` is PREFETCH_NEXT_TILE (the next tile's rows,
+// w + RT*ldw, same columns), PREFETCH_AHEAD (this tile's rows GEMV_PREFETCH and
+// GEMM_PREFETCH_L2 bytes ahead) or PREFETCH_NONE.
+INLINE void gemm_tile_span(const void *w, int wt, size_t ldw, const float *x, size_t ldx, size_t k,
+                           size_t end, int R, int T, vf acc[RT][SHOAL_TT], int prefetch) {
     // Measured on Zen 4 (3584 x 1024 bf16, one thread, before gemm_streams took few tokens):
     // 4 tokens 990 -> 720 us, 8 tokens 1220 -> 880 us.
     const size_t line = line_weights(wt);
     const char *next = (const char *)w + wbytes(wt, (size_t)RT * ldw);
-    size_t k = 0;
-    for (; k + VW <= kc; k += VW) {
+    for (; k + VW <= end; k += VW) {
         if (prefetch == PREFETCH_NEXT_TILE && k % line == 0)
             UNROLL for (int i = 0; i < RT; i++) __builtin_prefetch(next + wbytes(wt, i * ldw + k), 0, 3);
         if (prefetch == PREFETCH_AHEAD && k % line == 0)
@@ -255,6 +252,14 @@ INLINE void gemm_tile(const void *w, int wt, size_t ldw, const float *x, size_t 
             UNROLL for (int i = 0; i < R; i++) acc[i][t] += wv[i] * xv;
         }
     }
+}
+
+// The end of a tile: each accumulator summed across its lanes, the columns k ..< kc past the
+// last whole vector added one by one, and y[t*ldy + i*ys] set to (or, with `accumulate`,
+// increased by) the result.
+INLINE void gemm_tile_finish(const void *w, int wt, size_t ldw, const float *x, size_t ldx, size_t k,
+                             size_t kc, float *y, size_t ldy, size_t ys, int R, int T, int accumulate,
+                             vf acc[RT][SHOAL_TT]) {
     UNROLL for (int t = 0; t < T; t++) {
         v4 s = R == RT ? hsum4(acc[0][t], acc[1][t], acc[2][t], acc[3][t])
                        : (v4){hsum(acc[0][t]), 0, 0, 0};
@@ -267,35 +272,102 @@ INLINE void gemm_tile(const void *w, int wt, size_t ldw, const float *x, size_t 
     }
 }
 
+// y[t*ldy + i*ys] (+)= w[i,:kc] · x[t*ldx + :kc] for an R x T tile, its columns in one span.
+INLINE void gemm_tile(const void *w, int wt, size_t ldw, const float *x, size_t ldx,
+                      size_t kc, float *y, size_t ldy, size_t ys, int R, int T, int accumulate,
+                      int prefetch) {
+    vf acc[RT][SHOAL_TT];
+    UNROLL for (int i = 0; i < RT; i++) UNROLL for (int t = 0; t < SHOAL_TT; t++) acc[i][t] = 0;
+    gemm_tile_span(w, wt, ldw, x, ldx, 0, kc, R, T, acc, prefetch);
+    gemm_tile_finish(w, wt, ldw, x, ldx, kc / VW * VW, kc, y, ldy, ys, R, T, accumulate, acc);
+}
+
 // One R x T tile for any T <= SHOAL_TT: the switch turns T into a constant so every tile
 // width gets its own fully unrolled loop.
+#define EACH_TILE_WIDTH(T, CALL)                                                             \
+    switch (T) {                                                                             \
+    case 1: CALL(1); break;                                                                  \
+    case 2: CALL((2 <= SHOAL_TT ? 2 : 1)); break;                                            \
+    case 3: CALL((3 <= SHOAL_TT ? 3 : 1)); break;                                            \
+    case 4: CALL((4 <= SHOAL_TT ? 4 : 1)); break;                                            \
+    case 5: CALL((5 <= SHOAL_TT ? 5 : 1)); break;                                            \
+    case 6: CALL((6 <= SHOAL_TT ? 6 : 1)); break;                                            \
+    case 7: CALL((7 <= SHOAL_TT ? 7 : 1)); break;                                            \
+    case 8: CALL((8 <= SHOAL_TT ? 8 : 1)); break;                                            \
+    }
+
 INLINE void gemm_tile_n(const void *w, int wt, size_t ldw, const float *x, size_t ldx,
                         size_t kc, float *y, size_t ldy, size_t ys, int R, size_t T,
                         int accumulate, int prefetch) {
-#define WIDTH(N)                                                                              \
-    case N:                                                                                   \
-        gemm_tile(w, wt, ldw, x, ldx, kc, y, ldy, ys, R, N <= SHOAL_TT ? N : 1, accumulate,   \
-                  prefetch);                                                                  \
-        break;
-    switch (T) { WIDTH(1) WIDTH(2) WIDTH(3) WIDTH(4) WIDTH(5) WIDTH(6) WIDTH(7) WIDTH(8) }
-#undef WIDTH
+#define TILE(N) gemm_tile(w, wt, ldw, x, ldx, kc, y, ldy, ys, R, N, accumulate, prefetch)
+    EACH_TILE_WIDTH(T, TILE)
+#undef TILE
 }
 
-// y[t*ldy + i] (+)= w[i, :kc] · x[t*ldx + :kc] for i < R rows, t < n tokens. Token tiles run
-// outside row tiles so a token tile's x is loaded from L2 once for all R rows.
+// A span of a tile whose accumulators wait in memory between spans (zeroed by the first).
+INLINE void gemm_tile_span_n(const void *w, int wt, size_t ldw, const float *x, size_t ldx, size_t k,
+                             size_t end, int R, size_t T, vf saved[RT][SHOAL_TT], int first) {
+#define SPAN(N)                                                                              \
+    do {                                                                                     \
+        vf acc[RT][SHOAL_TT];                                                                \
+        UNROLL for (int i = 0; i < RT; i++) UNROLL for (int t = 0; t < N; t++)               \
+            acc[i][t] = first ? 0 : saved[i][t];                                             \
+        gemm_tile_span(w, wt, ldw, x, ldx, k, end, R, N, acc, PREFETCH_NEXT_TILE);           \
+        UNROLL for (int i = 0; i < RT; i++) UNROLL for (int t = 0; t < N; t++) saved[i][t] = acc[i][t]; \
+    } while (0)
+    EACH_TILE_WIDTH(T, SPAN)
+#undef SPAN
+}
+
+INLINE void gemm_tile_finish_n(const void *w, int wt, size_t ldw, const float *x, size_t ldx, size_t k,
+                               size_t kc, float *y, size_t ldy, int R, size_t T, int accumulate,
+                               vf saved[RT][SHOAL_TT]) {
+#define FINISH(N) gemm_tile_finish(w, wt, ldw, x, ldx, k, kc, y, ldy, 1, R, N, accumulate, saved)
+    EACH_TILE_WIDTH(T, FINISH)
+#undef FINISH
+}
+
+// Columns a blocked GEMM's tiles take at a time when a K block is longer than KS_MIN: a token
+// tile's x slice over KS columns (SHOAL_TT x KS floats, 6 KB with AVX-512) stays in L1 while
+// every row tile of the block passes, where a whole K block's (48 KB over 2048 columns) did
+// not. Up to KS_MIN columns (24 KB) a K block goes in one span. Measured on Zen 5 (mini,
+// `shoal bench --prompt-tokens 512 --gen-tokens 1 --repeats 1`, 10 interleaved runs, median
+// prefill tokens/s, one span -> spans of 256 beyond 1024 columns): Q8_0 457 -> 524, Q4_K_M
+// 498 -> 537, bf16 649 -> 677; spans of 256 at every length did no better (539, 539, 648).
+#define KS 256
+#define KS_MIN 1024
+
+// y[t*ldy + i] (+)= w[i, :kc] · x[t*ldx + :kc] for i < R <= MC rows, t < n tokens. Token tiles
+// run outside row tiles so a token tile's x is loaded from L2 once for all R rows; within a
+// token tile, the columns go KS at a time across every row tile, each tile's accumulators kept
+// in `saved` in between (the same sums in the same order as one span: the same bits).
 INLINE void gemm_rows(const void *w, int wt, size_t ldw, size_t R, const float *x,
                       size_t ldx, size_t kc, size_t n, float *y, size_t ldy, int accumulate) {
+    vf saved[MC / RT + RT][RT][SHOAL_TT];  // a tile per RT rows, and one per leftover row
+    const size_t kv = kc / VW * VW;  // columns in whole vectors
     for (size_t t = 0; t < n; t += SHOAL_TT) {
         size_t T = n - t < SHOAL_TT ? n - t : SHOAL_TT;
         const float *xt = x + t * ldx;
         float *yt = y + t * ldy;
-        size_t i = 0;
-        for (; i + RT <= R; i += RT)
-            gemm_tile_n((const char *)w + wbytes(wt, i * ldw), wt, ldw, xt, ldx, kc, yt + i, ldy, 1,
-                        RT, T, accumulate, PREFETCH_NEXT_TILE);
-        for (; i < R; i++)
-            gemm_tile_n((const char *)w + wbytes(wt, i * ldw), wt, ldw, xt, ldx, kc, yt + i, ldy, 1,
-                        1, T, accumulate, PREFETCH_NEXT_TILE);
+        size_t k = 0;
+        do {  // at least once: the first span zeroes the accumulators, even with no whole vector
+            const size_t end = kc <= KS_MIN || kv - k <= KS ? kv : k + KS;
+            size_t i = 0, tile = 0;
+            for (; i + RT <= R; i += RT, tile++)
+                gemm_tile_span_n((const char *)w + wbytes(wt, i * ldw), wt, ldw, xt, ldx, k, end, RT, T,
+                                 saved[tile], k == 0);
+            for (; i < R; i++, tile++)
+                gemm_tile_span_n((const char *)w + wbytes(wt, i * ldw), wt, ldw, xt, ldx, k, end, 1, T,
+                                 saved[tile], k == 0);
+            k = end;
+        } while (k < kv);
+        size_t i = 0, tile = 0;
+        for (; i + RT <= R; i += RT, tile++)
+            gemm_tile_finish_n((const char *)w + wbytes(wt, i * ldw), wt, ldw, xt, ldx, kv, kc, yt + i, ldy, RT, T,
+                               accumulate, saved[tile]);
+        for (; i < R; i++, tile++)
+            gemm_tile_finish_n((const char *)w + wbytes(wt, i * ldw), wt, ldw, xt, ldx, kv, kc, yt + i, ldy, 1, T,
+                               accumulate, saved[tile]);
     }
 }
 
