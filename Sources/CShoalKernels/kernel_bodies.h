@@ -44,7 +44,16 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 // Each run also prefetches GEMV_PREFETCH bytes ahead of itself: decode on mini (shoal bench,
 // 64-token prompt, 4 interleaved pairs) went from 62.0-66.2 to 67.6-80.9 tokens/s; 128 and 512
 // bytes ahead did no better than 256.
-#define GEMV_STREAMS 4
+// A row's FMAs form one chain (each waits ~4 cycles for the previous one's sum), so the runs
+// side by side are also the chains in flight. A Q4_K block of 4 rows is ~350 instructions with
+// AVX-512, about as many as the core holds in flight, and each row's 16 FMAs in it take 64
+// cycles one after another: the next block's work could not hide them. With AVX-512 a Q4_K GEMV
+// walks 8 runs (a scratch harness, 1024x1024 Q4_K from L2, one thread at ~4.1 GHz, best of 3000
+// products over 3 interleaved runs: 21.0 -> 25.6 GB/s; 4 runs with the 4-row heads alone: 22.1).
+// Q6_K did no better with 8 (25.5 vs 25.9 GB/s), and the float types and Q8_0 are bound by
+// memory first.
+#define GEMV_STREAMS 8  // the most runs any type walks
+INLINE int gemv_streams(int wt) { return SHOAL_VW == 16 && wt == SHOAL_W_Q4_K ? 8 : 4; }
 #define GEMV_PREFETCH 256
 // GEMM blocking: an MC x KC block of W (256 KB bf16, 512 KB f32) stays in L2 while every tile
 // of SHOAL_TT tokens passes over it, each tile's x slice (SHOAL_TT x KC f32, 48 KB with
@@ -186,11 +195,20 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
                 if (bb > 64) __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH + 64, 0, 3);
                 if (bb > 128) __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH + 128, 0, 3);
                 if (bb > 192) __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH + 192, 0, 3);
-                decode_head(wt, w + i * step + offset, &head[i]);
             }
-            if (wt == SHOAL_W_Q4_K) keep_in_memory(head);
+#if SHOAL_VW == 16 && defined(__x86_64__)
+            if (wt == SHOAL_W_Q4_K && S % 4 == 0)
+                UNROLL for (int i = 0; i < S; i += 4) q4K_heads_x4(w + offset + i * step, step, head + i);
+            else
+#endif
+                UNROLL for (int i = 0; i < S; i++) decode_head(wt, w + i * step + offset, &head[i]);
+            if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q6_K) keep_in_memory(head);
             if (wt == SHOAL_W_Q6_K) {
+#if SHOAL_VW == 16 && defined(__x86_64__)
+                q6K_block_avx512(w + offset, step, S, head, x + k, acc);
+#else
                 q6K_block(w + offset, step, S, head, x + k, acc);
+#endif
                 continue;
             }
 #if SHOAL_VW == 16 && defined(__x86_64__)
@@ -211,14 +229,18 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
 
 INLINE void gemv_body(const void *W, int wt, size_t cols, const float *x, float *y,
                       size_t r0, size_t r1) {
-    const size_t h = (r1 - r0) / GEMV_STREAMS;  // rows per run; the last few run alone
+    const int S = gemv_streams(wt);
+    const size_t h = (r1 - r0) / S;  // rows per run; the last few run alone
     if (wt > SHOAL_W_BF16) {
-        for (size_t r = r0; r < r0 + h; r++) gemv_rows_blocks(W, wt, cols, x, y, r, h, GEMV_STREAMS);
-        for (size_t r = r0 + h * GEMV_STREAMS; r < r1; r++) gemv_rows_blocks(W, wt, cols, x, y, r, 0, 1);
+        if (S == 8)  // a constant run count, so each walk unrolls fully
+            for (size_t r = r0; r < r0 + h; r++) gemv_rows_blocks(W, wt, cols, x, y, r, h, 8);
+        else
+            for (size_t r = r0; r < r0 + h; r++) gemv_rows_blocks(W, wt, cols, x, y, r, h, 4);
+        for (size_t r = r0 + h * S; r < r1; r++) gemv_rows_blocks(W, wt, cols, x, y, r, 0, 1);
         return;
     }
-    for (size_t r = r0; r < r0 + h; r++) gemv_rows(W, wt, cols, x, y, r, h, GEMV_STREAMS);
-    for (size_t r = r0 + h * GEMV_STREAMS; r < r1; r++) gemv_rows(W, wt, cols, x, y, r, 0, 1);
+    for (size_t r = r0; r < r0 + h; r++) gemv_rows(W, wt, cols, x, y, r, h, 4);
+    for (size_t r = r0 + h * S; r < r1; r++) gemv_rows(W, wt, cols, x, y, r, 0, 1);
 }
 
 // ---- GEMM: Y = X Wᵀ over n tokens, compute bound ---------------------------------------------
