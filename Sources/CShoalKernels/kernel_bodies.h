@@ -63,8 +63,12 @@ INLINE int gemv_streams(int wt) { return SHOAL_VW == 16 && wt == SHOAL_W_Q4_K ? 
 #define KC 2048
 // Up to this many tokens the GEMM walks W as the GEMV does (gemm_streams).
 #define GEMM_STREAM_TOKENS 32
-// What a GEMM tile prefetches while it computes. The blocked kernel fetches the next tile's rows
-// into L2. The streamed walk fetches its own rows twice, GEMV_PREFETCH bytes ahead into L1 as the
+// What a GEMM tile prefetches while it computes. The blocked kernel fetches nothing: its block
+// of W is in L2 already, and fetching the next tile's rows (as it did, measured on Zen 4 when it
+// also ran 2-8 tokens) only took load slots from the tile: on Zen 5 (shoal bench-kernels --tokens
+// 120 --threads 1 --matrices 2, 2 interleaved runs, GFLOP/s) Q4_K 3584x1024 152-161 -> 206-214,
+// 1024x3584 164-172 -> 187-194, f32 3584x1024 136-143 -> 169-187, bf16 unchanged (~200).
+// The streamed walk fetches its own rows twice, GEMV_PREFETCH bytes ahead into L1 as the
 // GEMV does and GEMM_PREFETCH_L2 bytes ahead into L2 (one token tile per row set does so: the
 // others find the rows in L1). A few tokens take longer per byte than a GEMV, so the L1 fetch
 // alone does not keep the DRAM busy. Measured on Zen 4 (shoal bench-kernels --matrices 16,
@@ -77,7 +81,7 @@ INLINE int gemv_streams(int wt) { return SHOAL_VW == 16 && wt == SHOAL_W_Q4_K ? 
 //   16       1353-1427     1291-1330   1178-1189   (1244-1327)
 // The GEMV gains nothing from the L2 fetch (1 token: 304-371 without, 349-407 with).
 #define GEMM_PREFETCH_L2 2048
-enum { PREFETCH_NONE, PREFETCH_NEXT_TILE, PREFETCH_AHEAD };
+enum { PREFETCH_NONE, PREFETCH_AHEAD };
 
 // ---- loads: widening and dequantizing weights ---------------------------------------------
 
@@ -249,18 +253,12 @@ INLINE void gemv_body(const void *W, int wt, size_t cols, const float *x, float 
 // ldx floats apart) over columns k ..< end, into R*T vector accumulators: each w load feeds T
 // FMAs and each x load R. Lane j of acc[i][t] adds columns j, j + VW, ... in order, so running
 // the columns in several spans one after the other, the accumulators kept in between, gives
-// the same bits as one span. `prefetch` is PREFETCH_NEXT_TILE (the next tile's rows,
-// w + RT*ldw, same columns), PREFETCH_AHEAD (this tile's rows GEMV_PREFETCH and
+// the same bits as one span. `prefetch` is PREFETCH_AHEAD (this tile's rows GEMV_PREFETCH and
 // GEMM_PREFETCH_L2 bytes ahead) or PREFETCH_NONE.
 INLINE void gemm_tile_span(const void *w, int wt, size_t ldw, const float *x, size_t ldx, size_t k,
                            size_t end, int R, int T, vf acc[RT][SHOAL_TT], int prefetch) {
-    // Measured on Zen 4 (3584 x 1024 bf16, one thread, before gemm_streams took few tokens):
-    // 4 tokens 990 -> 720 us, 8 tokens 1220 -> 880 us.
     const size_t line = line_weights(wt);
-    const char *next = (const char *)w + wbytes(wt, (size_t)RT * ldw);
     for (; k + VW <= end; k += VW) {
-        if (prefetch == PREFETCH_NEXT_TILE && k % line == 0)
-            UNROLL for (int i = 0; i < RT; i++) __builtin_prefetch(next + wbytes(wt, i * ldw + k), 0, 3);
         if (prefetch == PREFETCH_AHEAD && k % line == 0)
             UNROLL for (int i = 0; i < R; i++) {
                 const char *row = (const char *)w + wbytes(wt, i * ldw + k);
@@ -334,7 +332,7 @@ INLINE void gemm_tile_span_n(const void *w, int wt, size_t ldw, const float *x, 
         vf acc[RT][SHOAL_TT];                                                                \
         UNROLL for (int i = 0; i < RT; i++) UNROLL for (int t = 0; t < N; t++)               \
             acc[i][t] = first ? 0 : saved[i][t];                                             \
-        gemm_tile_span(w, wt, ldw, x, ldx, k, end, R, N, acc, PREFETCH_NEXT_TILE);           \
+        gemm_tile_span(w, wt, ldw, x, ldx, k, end, R, N, acc, PREFETCH_NONE);                \
         UNROLL for (int i = 0; i < RT; i++) UNROLL for (int t = 0; t < N; t++) saved[i][t] = acc[i][t]; \
     } while (0)
     EACH_TILE_WIDTH(T, SPAN)
