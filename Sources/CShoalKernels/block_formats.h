@@ -134,11 +134,13 @@ INLINE vf block_vec(int wt, const uint8_t *b, size_t o, const block_head *h) {
     }
 }
 
-// One Q6_K block of S rows (`step` bytes apart) into their accumulators: the 6-bit values of
+// One Q6_K block of S rows (`step` bytes apart) times T tokens (x + t·ldx) into their
+// accumulators (acc[i·T + t]): the 6-bit values of
 // a half (128 weights) are put together 32 bytes at a time, 32 subtracted as bytes, before each
 // group of VW is widened; each weight is then d·scale · (q − 32) as block_vec computes it,
 // multiplied in the same order, so the same bits.
-INLINE void q6K_block(const uint8_t *w, size_t step, int S, const block_head *head, const float *x, vf *acc) {
+INLINE void q6K_block(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
+                      size_t ldx, vf *acc) {
     typedef uint8_t u8x32 __attribute__((ext_vector_type(32)));
     UNROLL for (int half = 0; half < 2; half++) {
         UNROLL for (int i = 0; i < S; i++) {
@@ -155,7 +157,8 @@ INLINE void q6K_block(const uint8_t *w, size_t step, int S, const block_head *he
                     __builtin_memcpy(&v, (const int8_t *)&q[quarter] + part * VW, sizeof v);
                     const float a = head[i].a[8 * half + part * VW / 16 + 2 * quarter];
                     vf wv = a * __builtin_convertvector(v, vf);  // a product, never fused into the sum below
-                    acc[i] += wv * load_f32(x + 128 * half + 32 * quarter + part * VW);
+                    UNROLL for (int t = 0; t < T; t++)
+                        acc[i * T + t] += wv * load_f32(x + t * ldx + 128 * half + 32 * quarter + part * VW);
                 }
             }
         }
@@ -171,7 +174,8 @@ INLINE void q6K_block(const uint8_t *w, size_t step, int S, const block_head *he
 // bytes at a time and the widening reads memory instead of extracting 16-byte lanes. Measured
 // (the scratch harness, 1024x1024 Q6_K from L2, one thread, best of 3000 products in each of 4
 // interleaved runs): 20.5-23.6 -> 24.8-25.5 GB/s.
-INLINE void q6K_block_avx512(const uint8_t *w, size_t step, int S, const block_head *head, const float *x, vf *acc) {
+INLINE void q6K_block_avx512(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
+                             size_t ldx, vf *acc) {
     // per 16-bit word: the first 32 bytes (quarter 0 or 2) by one count, the last 32 by another
     const __m512i low_shift = _mm512_mask_blend_epi64(0xF0, _mm512_set1_epi16(4), _mm512_set1_epi16(2));
     const __m512i high_shift = _mm512_mask_blend_epi64(0xF0, _mm512_set1_epi16(0), _mm512_set1_epi16(2));
@@ -192,7 +196,7 @@ INLINE void q6K_block_avx512(const uint8_t *w, size_t step, int S, const block_h
             UNROLL for (int p = 0; p < 8; p++) {
                 vf v = (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16 * p))));
                 vf wv = head[i].a[8 * half + p] * v;  // a product, never fused into the sum below
-                acc[i] += wv * load_f32(x + 128 * half + 16 * p);
+                UNROLL for (int t = 0; t < T; t++) acc[i * T + t] += wv * load_f32(x + t * ldx + 128 * half + 16 * p);
             }
         }
     }
@@ -266,16 +270,19 @@ INLINE void q4K_heads_x4(const uint8_t *w, size_t step, block_head *head) {
     }
 }
 
-// One Q4_K block of S rows (`step` bytes apart) into their accumulators.
-INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, const block_head *head, const float *x,
-                             vf *acc) {
+// One Q4_K block of S rows (`step` bytes apart) times T tokens (x + t·ldx) into their
+// accumulators (acc[i·T + t]); the first token's x is loaded once for all rows.
+INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
+                             size_t ldx, vf *acc) {
     UNROLL for (int c = 0; c < 4; c++) {
         vf xs[4] = {load_f32(x + 64 * c), load_f32(x + 64 * c + 16), load_f32(x + 64 * c + 32),
                     load_f32(x + 64 * c + 48)};
         UNROLL for (int i = 0; i < S; i++) {
             vf wv[4];
             q4K_chunk_avx512(w + i * step, &head[i], c, wv);
-            UNROLL for (int j = 0; j < 4; j++) acc[i] += wv[j] * xs[j];
+            UNROLL for (int j = 0; j < 4; j++) acc[i * T] += wv[j] * xs[j];
+            UNROLL for (int t = 1; t < T; t++)
+                UNROLL for (int j = 0; j < 4; j++) acc[i * T + t] += wv[j] * load_f32(x + t * ldx + 64 * c + 16 * j);
         }
     }
 }

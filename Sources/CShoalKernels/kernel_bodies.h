@@ -53,6 +53,9 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 // Q6_K did no better with 8 (25.5 vs 25.9 GB/s), and the float types and Q8_0 are bound by
 // memory first.
 #define GEMV_STREAMS 8  // the most runs any type walks
+// A block format's GEMV takes up to this many tokens at once (gemv_tokens_body): each block is
+// decoded once for all of them.
+#define GEMV_TOKENS 4
 INLINE int gemv_streams(int wt) { return SHOAL_VW == 16 && wt == SHOAL_W_Q4_K ? 8 : 4; }
 #define GEMV_PREFETCH 256
 // GEMM blocking: an MC x KC block of W (256 KB bf16, 512 KB f32) stays in L2 while every tile
@@ -63,6 +66,13 @@ INLINE int gemv_streams(int wt) { return SHOAL_VW == 16 && wt == SHOAL_W_Q4_K ? 
 #define KC 2048
 // Up to this many tokens the GEMM walks W as the GEMV does (gemm_streams).
 #define GEMM_STREAM_TOKENS 32
+// Up to this many tokens a block format's GEMM is its GEMV over GEMV_TOKENS tokens at a time
+// (each block decoded once per GEMV_TOKENS tokens and no float32 scratch) rather than the
+// streamed GEMM over a dequantized scratch. Measured on Zen 5 (shoal bench-kernels --threads 2
+// --matrices 16, 3584x1024, us per product, streamed -> GEMV over tokens): Q4_K 2 tokens
+// 137 -> 76, 4: 166 -> 108, 8: 231 -> 222; Q8_0 2: 311 -> 82, 4: 347 -> 139, 8: 391 -> 266;
+// Q6_K 2: 354 -> 173, 4: 349 -> 238, but 6: 355 -> 377 and 8: 403 -> 433, so Q6_K stops at 4.
+INLINE size_t gemm_gemv_tokens(int wt) { return wt == SHOAL_W_Q6_K ? 4 : 8; }
 // What a GEMM tile prefetches while it computes. The blocked kernel fetches nothing: its block
 // of W is in L2 already, and fetching the next tile's rows (as it did, measured on Zen 4 when it
 // also ran 2-8 tokens) only took load slots from the tile: on Zen 5 (shoal bench-kernels --tokens
@@ -178,19 +188,20 @@ INLINE void gemv_rows(const void *W, int wt, size_t cols, const float *x, float 
     UNROLL for (int i = 0; i < S; i++) y[r + i * h] = sum[i];
 }
 
-// gemv_rows for a block format: each block's head is decoded once per row, then its vectors
-// are multiplied in the order gemv_rows multiplies them (lane j of row i still sums columns j,
-// j + VW, ... in order within each KC block), so the two give the same bits.
-INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x, float *y,
-                             size_t r, size_t h, int S) {
+// gemv_rows for a block format, over T tokens (x + t·ldx into y + t·ldy): each block's head is
+// decoded once per row and each vector of weights once for the T tokens, then multiplied in the
+// order gemv_rows multiplies them (lane j of row i and token t still sums columns j, j + VW, ...
+// in order within each KC block), so the two give the same bits, token by token.
+INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x, size_t ldx, float *y,
+                             size_t ldy, size_t r, size_t h, int S, int T) {
     const size_t qk = block_weights(wt), bb = block_bytes(wt);
     const uint8_t *w = (const uint8_t *)W + wbytes(wt, r * cols);
     const size_t step = wbytes(wt, h * cols);
-    float sum[GEMV_STREAMS] = {0};
+    float sum[GEMV_STREAMS * GEMV_TOKENS] = {0};
     for (size_t k0 = 0; k0 < cols; k0 += KC) {
         const size_t end = cols - k0 < KC ? cols : k0 + KC;
-        vf acc[GEMV_STREAMS];
-        UNROLL for (int i = 0; i < S; i++) acc[i] = 0;
+        vf acc[GEMV_STREAMS * GEMV_TOKENS];
+        UNROLL for (int i = 0; i < S * T; i++) acc[i] = 0;
         for (size_t k = k0; k < end; k += qk) {
             const size_t offset = k / qk * bb;
             block_head head[GEMV_STREAMS];
@@ -209,42 +220,62 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
             if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q6_K) keep_in_memory(head);
             if (wt == SHOAL_W_Q6_K) {
 #if SHOAL_VW == 16 && defined(__x86_64__)
-                q6K_block_avx512(w + offset, step, S, head, x + k, acc);
+                q6K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
 #else
-                q6K_block(w + offset, step, S, head, x + k, acc);
+                q6K_block(w + offset, step, S, T, head, x + k, ldx, acc);
 #endif
                 continue;
             }
 #if SHOAL_VW == 16 && defined(__x86_64__)
             if (wt == SHOAL_W_Q4_K) {
-                q4K_block_avx512(w + offset, step, S, head, x + k, acc);
+                q4K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
                 continue;
             }
 #endif
             UNROLL for (size_t o = 0; o < qk; o += VW) {
-                vf xk = load_f32(x + k + o);
-                UNROLL for (int i = 0; i < S; i++) acc[i] += block_vec(wt, w + i * step + offset, o, &head[i]) * xk;
+                vf xk = load_f32(x + k + o);  // the first token's, for all rows
+                UNROLL for (int i = 0; i < S; i++) {
+                    vf wv = block_vec(wt, w + i * step + offset, o, &head[i]);
+                    acc[i * T] += wv * xk;
+                    UNROLL for (int t = 1; t < T; t++) acc[i * T + t] += wv * load_f32(x + t * ldx + k + o);
+                }
             }
         }
-        UNROLL for (int i = 0; i < S; i++) sum[i] = k0 > 0 ? sum[i] + hsum(acc[i]) : hsum(acc[i]);
+        UNROLL for (int i = 0; i < S * T; i++) sum[i] = k0 > 0 ? sum[i] + hsum(acc[i]) : hsum(acc[i]);
     }
-    UNROLL for (int i = 0; i < S; i++) y[r + i * h] = sum[i];
+    UNROLL for (int i = 0; i < S; i++) UNROLL for (int t = 0; t < T; t++) y[r + i * h + t * ldy] = sum[i * T + t];
+}
+
+// T tokens (x + t·ldx into y + t·ldy) of a block format's GEMV over rows r0 ..< r1, T <=
+// GEMV_TOKENS: the rows split into runs walked side by side as gemv_body's, the last few alone.
+INLINE void gemv_tokens_body(const void *W, int wt, size_t cols, const float *x, size_t ldx, float *y,
+                             size_t ldy, int T, size_t r0, size_t r1) {
+    const int S = T == 1 ? gemv_streams(wt) : 4;
+    const size_t h = (r1 - r0) / S;
+    if (S == 8)  // constant run and token counts, so each walk unrolls fully
+        for (size_t r = r0; r < r0 + h; r++) gemv_rows_blocks(W, wt, cols, x, 0, y, 0, r, h, 8, 1);
+    else
+#define WALK(N) for (size_t r = r0; r < r0 + h; r++) gemv_rows_blocks(W, wt, cols, x, ldx, y, ldy, r, h, 4, N)
+        switch (T) {
+        case 1: WALK(1); break;
+        case 2: WALK(2); break;
+        case 3: WALK(3); break;
+        default: WALK(4); break;
+        }
+#undef WALK
+    for (size_t r = r0 + h * S; r < r1; r++)
+        for (int t = 0; t < T; t++) gemv_rows_blocks(W, wt, cols, x + t * ldx, 0, y + t * ldy, 0, r, 0, 1, 1);
 }
 
 INLINE void gemv_body(const void *W, int wt, size_t cols, const float *x, float *y,
                       size_t r0, size_t r1) {
-    const int S = gemv_streams(wt);
-    const size_t h = (r1 - r0) / S;  // rows per run; the last few run alone
     if (wt > SHOAL_W_BF16) {
-        if (S == 8)  // a constant run count, so each walk unrolls fully
-            for (size_t r = r0; r < r0 + h; r++) gemv_rows_blocks(W, wt, cols, x, y, r, h, 8);
-        else
-            for (size_t r = r0; r < r0 + h; r++) gemv_rows_blocks(W, wt, cols, x, y, r, h, 4);
-        for (size_t r = r0 + h * S; r < r1; r++) gemv_rows_blocks(W, wt, cols, x, y, r, 0, 1);
+        gemv_tokens_body(W, wt, cols, x, 0, y, 0, 1, r0, r1);
         return;
     }
+    const size_t h = (r1 - r0) / 4;  // the float types walk 4 runs (gemv_streams); the last few rows alone
     for (size_t r = r0; r < r0 + h; r++) gemv_rows(W, wt, cols, x, y, r, h, 4);
-    for (size_t r = r0 + h * S; r < r1; r++) gemv_rows(W, wt, cols, x, y, r, 0, 1);
+    for (size_t r = r0 + h * 4; r < r1; r++) gemv_rows(W, wt, cols, x, y, r, 0, 1);
 }
 
 // ---- GEMM: Y = X Wᵀ over n tokens, compute bound ---------------------------------------------
@@ -478,6 +509,13 @@ INLINE void gemm_body(const void *W, int wt, size_t cols, const float *X, size_t
     if (cols == 0) {  // no K blocks: an empty dot product is 0
         for (size_t t = 0; t < n; t++)
             __builtin_memset(Y + t * ldy + r0, 0, (r1 - r0) * sizeof(float));
+        return;
+    }
+    if (wt > SHOAL_W_BF16 && n <= gemm_gemv_tokens(wt)) {
+        for (size_t t = 0; t < n; t += GEMV_TOKENS) {
+            const int T = n - t < GEMV_TOKENS ? (int)(n - t) : GEMV_TOKENS;
+            gemv_tokens_body(W, wt, cols, X + t * ldx, ldx, Y + t * ldy, ldy, T, r0, r1);
+        }
         return;
     }
     if (n <= GEMM_STREAM_TOKENS) gemm_streams(W, wt, cols, X, ldx, n, Y, ldy, r0, r1);
