@@ -135,10 +135,10 @@ INLINE vf block_vec(int wt, const uint8_t *b, size_t o, const block_head *h) {
 }
 
 // One Q6_K block of S rows (`step` bytes apart) times T tokens (x + t·ldx) into their
-// accumulators (acc[i·T + t]): the 6-bit values of
-// a half (128 weights) are put together 32 bytes at a time, 32 subtracted as bytes, before each
-// group of VW is widened; each weight is then d·scale · (q − 32) as block_vec computes it,
-// multiplied in the same order, so the same bits.
+// accumulators (acc[i·T + t]): the 6-bit values of a half (128 weights) are put together 32
+// bytes at a time, 32 subtracted as bytes, before each group of VW is widened; each weight is
+// then d·scale · (q − 32) as block_vec computes it, multiplied in the same order, so the same
+// bits.
 INLINE void q6K_block(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
                       size_t ldx, vf *acc) {
     typedef uint8_t u8x32 __attribute__((ext_vector_type(32)));
@@ -170,8 +170,8 @@ INLINE void q6K_block(const uint8_t *w, size_t step, int S, int T, const block_h
 // 0 and 1, then 2 and 3: the high bits of both shifted into place by one variable shift), 32
 // subtracted as bytes, and stored, so weights k ..< k + 16 of the half are widened straight from
 // memory; weight k's multiplier is a[8·half + k/16]. The same values and products as q6K_block,
-// in fewer instructions (the GEMV loop: 136 -> 123 per block and row, by objdump): the byte work runs on 64
-// bytes at a time and the widening reads memory instead of extracting 16-byte lanes. Measured
+// in fewer instructions (the GEMV loop: 136 -> 123 per block and row, by objdump): the byte
+// work runs on 64 bytes at a time and the widening reads memory, not extracted lanes. Measured
 // (the scratch harness, 1024x1024 Q6_K from L2, one thread, best of 3000 products in each of 4
 // interleaved runs): 20.5-23.6 -> 24.8-25.5 GB/s.
 INLINE void q6K_block_avx512(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,

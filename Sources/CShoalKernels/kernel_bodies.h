@@ -53,10 +53,10 @@ typedef float v2 __attribute__((ext_vector_type(2)));
 // Q6_K did no better with 8 (25.5 vs 25.9 GB/s), and the float types and Q8_0 are bound by
 // memory first.
 #define GEMV_STREAMS 8  // the most runs any type walks
+INLINE int gemv_streams(int wt) { return SHOAL_VW == 16 && wt == SHOAL_W_Q4_K ? 8 : 4; }
 // A block format's GEMV takes up to this many tokens at once (gemv_tokens_body): each block is
 // decoded once for all of them.
 #define GEMV_TOKENS 4
-INLINE int gemv_streams(int wt) { return SHOAL_VW == 16 && wt == SHOAL_W_Q4_K ? 8 : 4; }
 #define GEMV_PREFETCH 256
 // GEMM blocking: an MC x KC block of W (256 KB bf16, 512 KB f32) stays in L2 while every tile
 // of SHOAL_TT tokens passes over it, each tile's x slice (SHOAL_TT x KC f32, 48 KB with
@@ -246,25 +246,31 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
     UNROLL for (int i = 0; i < S; i++) UNROLL for (int t = 0; t < T; t++) y[r + i * h + t * ldy] = sum[i * T + t];
 }
 
+// gemv_rows_blocks with T (1 ..< GEMV_TOKENS) turned into a constant, so each token count gets
+// its own fully unrolled walk (S is a constant at every call).
+INLINE void gemv_rows_blocks_n(const void *W, int wt, size_t cols, const float *x, size_t ldx, float *y,
+                               size_t ldy, size_t r, size_t h, int S, int T) {
+#define ROWS(N) gemv_rows_blocks(W, wt, cols, x, ldx, y, ldy, r, h, S, N)
+    switch (T) {
+    case 1: ROWS(1); break;
+    case 2: ROWS(2); break;
+    case 3: ROWS(3); break;
+    default: ROWS(4); break;
+    }
+#undef ROWS
+}
+
 // T tokens (x + t·ldx into y + t·ldy) of a block format's GEMV over rows r0 ..< r1, T <=
 // GEMV_TOKENS: the rows split into runs walked side by side as gemv_body's, the last few alone.
 INLINE void gemv_tokens_body(const void *W, int wt, size_t cols, const float *x, size_t ldx, float *y,
                              size_t ldy, int T, size_t r0, size_t r1) {
     const int S = T == 1 ? gemv_streams(wt) : 4;
     const size_t h = (r1 - r0) / S;
-    if (S == 8)  // constant run and token counts, so each walk unrolls fully
-        for (size_t r = r0; r < r0 + h; r++) gemv_rows_blocks(W, wt, cols, x, 0, y, 0, r, h, 8, 1);
-    else
-#define WALK(N) for (size_t r = r0; r < r0 + h; r++) gemv_rows_blocks(W, wt, cols, x, ldx, y, ldy, r, h, 4, N)
-        switch (T) {
-        case 1: WALK(1); break;
-        case 2: WALK(2); break;
-        case 3: WALK(3); break;
-        default: WALK(4); break;
-        }
-#undef WALK
-    for (size_t r = r0 + h * S; r < r1; r++)
-        for (int t = 0; t < T; t++) gemv_rows_blocks(W, wt, cols, x + t * ldx, 0, y + t * ldy, 0, r, 0, 1, 1);
+    for (size_t r = r0; r < r0 + h; r++) {
+        if (S == 8) gemv_rows_blocks(W, wt, cols, x, 0, y, 0, r, h, 8, 1);
+        else gemv_rows_blocks_n(W, wt, cols, x, ldx, y, ldy, r, h, 4, T);
+    }
+    for (size_t r = r0 + h * S; r < r1; r++) gemv_rows_blocks_n(W, wt, cols, x, ldx, y, ldy, r, 0, 1, T);
 }
 
 INLINE void gemv_body(const void *W, int wt, size_t cols, const float *x, float *y,
