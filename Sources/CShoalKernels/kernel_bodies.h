@@ -58,6 +58,14 @@ INLINE int gemv_streams(int wt) { return SHOAL_VW == 16 && wt == SHOAL_W_Q4_K ? 
 // decoded once for all of them.
 #define GEMV_TOKENS 4
 #define GEMV_PREFETCH 256
+// Q6_K fetches further ahead. Its 4 runs take ~180 cycles per block of 4 rows from DRAM, so 256
+// bytes (1.2 blocks) ahead is ~55 ns, less than a DRAM access takes; 1024 bytes (~5 blocks) is
+// ~200 ns. Measured on Zen 5, the same bits (shoal bench-kernels --type q6_k --tokens 1
+// --threads 2 --matrices 32 --repeats 9, interleaved with the previous build, median per-round
+// ratio of GB/s): 1.18x and 1.29x in two sittings of 8-10 rounds (2048 bytes: 1.16x). Q4_K (8
+// runs, ~1.8 blocks ahead) and Q8_0 gained nothing in decode (shoal bench, 8-12 interleaved
+// rounds): Q8_0 already reads ~95% of the bandwidth.
+INLINE size_t gemv_blocks_prefetch(int wt) { return wt == SHOAL_W_Q6_K ? 1024 : GEMV_PREFETCH; }
 // GEMM blocking: an MC x KC block of W (256 KB bf16, 512 KB f32) stays in L2 while every tile
 // of SHOAL_TT tokens passes over it, each tile's x slice (SHOAL_TT x KC f32, 48 KB with
 // AVX-512) reused by all MC rows. bf16 is widened in registers as the tile loads it: measured
@@ -205,11 +213,12 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
         for (size_t k = k0; k < end; k += qk) {
             const size_t offset = k / qk * bb;
             block_head head[GEMV_STREAMS];
+            const size_t ahead = gemv_blocks_prefetch(wt);
             UNROLL for (int i = 0; i < S; i++) {
-                __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH, 0, 3);
-                if (bb > 64) __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH + 64, 0, 3);
-                if (bb > 128) __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH + 128, 0, 3);
-                if (bb > 192) __builtin_prefetch(w + i * step + offset + GEMV_PREFETCH + 192, 0, 3);
+                __builtin_prefetch(w + i * step + offset + ahead, 0, 3);
+                if (bb > 64) __builtin_prefetch(w + i * step + offset + ahead + 64, 0, 3);
+                if (bb > 128) __builtin_prefetch(w + i * step + offset + ahead + 128, 0, 3);
+                if (bb > 192) __builtin_prefetch(w + i * step + offset + ahead + 192, 0, 3);
             }
 #if SHOAL_VW == 16 && defined(__x86_64__)
             if (wt == SHOAL_W_Q4_K && S % 4 == 0)
