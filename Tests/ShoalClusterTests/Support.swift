@@ -24,7 +24,11 @@ func clusterEngine(_ folder: String, _ addresses: [String], wire: WireDTypeChoic
     options.wireDType = wire.value
     options.timeout = .seconds(20)
     return try Engine(folder: folder, threads: 1) { checkpoint, _ in
-        try RemoteExperts(checkpoint: checkpoint, workers: addresses, options: options)
+        // A worker the first hello cannot reach is only named by the error that follows: its
+        // gRPC status goes to stderr, so a failure in CI's log says why.
+        try RemoteExperts(checkpoint: checkpoint, workers: addresses, options: options) {
+            FileHandle.standardError.write(Data("clusterEngine: \($0)\n".utf8))
+        }
     }
 }
 
