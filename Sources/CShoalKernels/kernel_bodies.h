@@ -63,8 +63,9 @@ INLINE int gemv_streams(int wt) { return SHOAL_VW == 16 && wt == SHOAL_W_Q4_K ? 
 // ~200 ns. Measured on Zen 5, the same bits (shoal bench-kernels --type q6_k --tokens 1
 // --threads 2 --matrices 32 --repeats 9, interleaved with the previous build, median per-round
 // ratio of GB/s): 1.18x and 1.29x in two sittings of 8-10 rounds (2048 bytes: 1.16x). Q4_K (8
-// runs, ~1.8 blocks ahead) and Q8_0 gained nothing in decode (shoal bench, 8-12 interleaved
-// rounds): Q8_0 already reads ~95% of the bandwidth.
+// runs, ~1.8 blocks ahead) gained nothing in the same kernel measure (512 and 1024 bytes, 10
+// rounds: 1.04x, 1.02x), nor Q8_0 in decode (shoal bench, 8 interleaved rounds), which already
+// reads ~95% of the bandwidth.
 INLINE size_t gemv_blocks_prefetch(int wt) { return wt == SHOAL_W_Q6_K ? 1024 : GEMV_PREFETCH; }
 // GEMM blocking: an MC x KC block of W (256 KB bf16, 512 KB f32) stays in L2 while every tile
 // of SHOAL_TT tokens passes over it, each tile's x slice (SHOAL_TT x KC f32, 48 KB with
@@ -202,7 +203,7 @@ INLINE void gemv_rows(const void *W, int wt, size_t cols, const float *x, float 
 // in order within each KC block), so the two give the same bits, token by token.
 INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x, size_t ldx, float *y,
                              size_t ldy, size_t r, size_t h, int S, int T) {
-    const size_t qk = block_weights(wt), bb = block_bytes(wt);
+    const size_t qk = block_weights(wt), bb = block_bytes(wt), ahead = gemv_blocks_prefetch(wt);
     const uint8_t *w = (const uint8_t *)W + wbytes(wt, r * cols);
     const size_t step = wbytes(wt, h * cols);
     float sum[GEMV_STREAMS * GEMV_TOKENS] = {0};
@@ -213,7 +214,6 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
         for (size_t k = k0; k < end; k += qk) {
             const size_t offset = k / qk * bb;
             block_head head[GEMV_STREAMS];
-            const size_t ahead = gemv_blocks_prefetch(wt);
             UNROLL for (int i = 0; i < S; i++) {
                 __builtin_prefetch(w + i * step + offset + ahead, 0, 3);
                 if (bb > 64) __builtin_prefetch(w + i * step + offset + ahead + 64, 0, 3);
@@ -288,9 +288,10 @@ INLINE void gemv_body(const void *W, int wt, size_t cols, const float *x, float 
         gemv_tokens_body(W, wt, cols, x, 0, y, 0, 1, r0, r1);
         return;
     }
-    const size_t h = (r1 - r0) / 4;  // the float types walk 4 runs (gemv_streams); the last few rows alone
-    for (size_t r = r0; r < r0 + h; r++) gemv_rows(W, wt, cols, x, y, r, h, 4);
-    for (size_t r = r0 + h * 4; r < r1; r++) gemv_rows(W, wt, cols, x, y, r, 0, 1);
+    const int S = gemv_streams(wt);
+    const size_t h = (r1 - r0) / S;  // rows per run; the last few run alone
+    for (size_t r = r0; r < r0 + h; r++) gemv_rows(W, wt, cols, x, y, r, h, S);
+    for (size_t r = r0 + h * S; r < r1; r++) gemv_rows(W, wt, cols, x, y, r, 0, 1);
 }
 
 // ---- GEMM: Y = X Wᵀ over n tokens, compute bound ---------------------------------------------
