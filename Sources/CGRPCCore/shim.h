@@ -49,6 +49,12 @@ static inline const char *cgrpc_arg_max_send_message_length(void) {
 static inline const char *cgrpc_arg_allow_reuseport(void) {
     return GRPC_ARG_ALLOW_REUSEPORT;
 }
+static inline const char *cgrpc_arg_use_local_subchannel_pool(void) {
+    return GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
+}
+static inline const char *cgrpc_arg_max_reconnect_backoff_ms(void) {
+    return GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+}
 
 /// The header declares these with `()` (no prototype), which Swift does not import.
 static inline grpc_channel_credentials *cgrpc_insecure_channel_credentials(void) {

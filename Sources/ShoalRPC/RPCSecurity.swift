@@ -63,9 +63,20 @@ private func withKeyCertPair<R>(
     }
 }
 
+/// The longest a client channel waits between attempts to reconnect (the core's jitter adds up
+/// to 20%): a restarted peer is reached within about this long of its return.
+let maxReconnectBackoffMilliseconds: Int32 = 1000
+
 /// Calls `body` with channel arguments that set the maximum received message size and lift the
 /// send limit (the peer's receive limit governs). For a server, also turn SO_REUSEPORT off, so
 /// that a second server on a taken port fails to bind instead of silently sharing it.
+///
+/// For a client, two reconnection rules (docs/grpc-core.md, "Reconnecting"): the channel keeps
+/// its connections to itself (the core otherwise shares them between channels to one address,
+/// so a new channel inherits an old one's failed connection and its backoff), and waits at
+/// most `maxReconnectBackoffMilliseconds` between attempts (the core's backoff otherwise grows
+/// 1.6-fold per failure up to 120 s, and a fail-fast call made meanwhile fails at once: a
+/// worker back after a long outage would stay unseen for up to two minutes).
 func withChannelArguments<R>(
     maxReceiveBytes: Int, forServer: Bool = false, _ body: (UnsafePointer<grpc_channel_args>) -> R
 ) -> R {
@@ -73,7 +84,12 @@ func withChannelArguments<R>(
         (cgrpc_arg_max_receive_message_length(), maxReceiveBytes < 0 ? -1 : Int32(clamping: maxReceiveBytes)),
         (cgrpc_arg_max_send_message_length(), -1),
     ]
-    if forServer { values.append((cgrpc_arg_allow_reuseport(), 0)) }
+    if forServer {
+        values.append((cgrpc_arg_allow_reuseport(), 0))
+    } else {
+        values.append((cgrpc_arg_use_local_subchannel_pool(), 1))
+        values.append((cgrpc_arg_max_reconnect_backoff_ms(), maxReconnectBackoffMilliseconds))
+    }
     let arguments = UnsafeMutablePointer<grpc_arg>.allocate(capacity: values.count)
     defer { arguments.deallocate() }
     for (i, (key, value)) in values.enumerated() {
