@@ -90,8 +90,8 @@ public final class Checkpoint: @unchecked Sendable {
     /// `tokenizer.model`, `tokenizer.model.v1` or `.v3`, when the folder has one (a GGUF file carries
     /// its vocabulary: `loadTokenizer()`).
     public let tokenizerPath: String?
-    /// The GGUF file, for a `.gguf` layout.
-    public let gguf: GGUFFile?
+    /// The GGUF file (or its splits), for a `.gguf` layout.
+    public let gguf: GGUFModelFiles?
     /// Float weights are quantized as they are loaded, by this mix (`--quantize`); weights
     /// already quantized in the file stay as they are.
     public let quantization: QuantizationMix?
@@ -111,7 +111,7 @@ public final class Checkpoint: @unchecked Sendable {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), !isDirectory.boolValue {
             guard GGUFFile.looksLikeGGUF(folder) else { throw ModelLoadError.notGGUF(file: folder) }
-            let file = try GGUFFile(path: folder)
+            let file = try GGUFModelFiles(path: folder)
             gguf = file
             layout = .gguf
             quantization = nil

@@ -26,7 +26,7 @@ enum GGUFNames {
 
     /// A tensor of `file`: a whole record, or expert E's matrix inside a merged expert tensor
     /// (`[n_expert][out][in]`: bytes `[E·out·rowBytes, (E+1)·out·rowBytes)`).
-    static func stored(_ tensor: TensorName, in file: GGUFFile) throws -> StoredTensor {
+    static func stored(_ tensor: TensorName, in file: GGUFModelFiles) throws -> StoredTensor {
         if case let .expert(_, e, _) = tensor {
             let mergedName = name(tensor, merged: true)
             if let t = file.tensors[mergedName] {
@@ -49,7 +49,7 @@ enum GGUFNames {
 
     /// The model's shape from `llama.*` metadata. Keys some files lack are derived as llama.cpp
     /// does: head_dim from embedding_length / head_count, the vocabulary from the token list.
-    static func config(_ file: GGUFFile) throws -> ModelConfig {
+    static func config(_ file: GGUFModelFiles) throws -> ModelConfig {
         func fail(_ detail: String) -> ModelLoadError { .badConfig(file: file.path, detail: detail) }
         guard let arch = file["general.architecture"]?.string else { throw fail("no general.architecture") }
         guard arch == "llama" else {
@@ -100,7 +100,7 @@ enum GGUFNames {
     }
 
     /// The SentencePiece tokenizer of `tokenizer.ggml.model = llama`.
-    static func tokenizer(_ file: GGUFFile) throws -> SentencePieceTokenizer {
+    static func tokenizer(_ file: GGUFModelFiles) throws -> SentencePieceTokenizer {
         func fail(_ detail: String) -> ModelLoadError { .badConfig(file: file.path, detail: detail) }
         guard let model = file["tokenizer.ggml.model"]?.string else { throw fail("no tokenizer.ggml.model") }
         guard model == "llama" else {

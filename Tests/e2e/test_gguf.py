@@ -4,16 +4,22 @@ that gguf-py dequantizes back to the source weights (exactly for f32, with the q
 permuted as llama.cpp's convert_hf_to_gguf.py permutes them; within each type's error for the
 block types).
 
+Split files too: a model cut into `NAME-0000i-of-0000N.gguf` by gguf-py's writer (as llama.cpp's
+gguf-split cuts one) opens from its first split and gives the same logits, bit for bit, as the
+whole file; a missing split or a later split given first is refused with the file named.
+
 usage: python3 Tests/e2e/test_gguf.py SHOAL
 """
+import glob
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize
 
 shoal = sys.argv[1]
@@ -100,8 +106,52 @@ try:
             check(rel <= bound[kind], f"{mix}: {t.name} as {kind}: relative RMS error {rel:.4g} > {bound[kind]}")
         print(f"{mix}: {len(r.tensors)} tensors read by gguf-py; worst relative RMS error per type "
               + ", ".join(f"{k} {v:.4f}" for k, v in sorted(worst.items())))
+
+    # The Q4_K_M file cut into splits of at most 8 tensors by gguf-py's writer, its metadata
+    # copied field by field (as gguf-py's gguf_new_metadata.py copies it).
+    whole = f"{work}/model.q4_k_m.gguf"
+    r = GGUFReader(whole)
+    writer = GGUFWriter(f"{work}/split.gguf", "llama", split_max_tensors=8)
+    for field in r.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue
+        kind = field.types[0]
+        writer.add_key_value(field.name, field.contents(), kind,
+                             sub_type=field.types[-1] if kind == GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in r.tensors:
+        writer.write_tensor_data(t.data)
+    writer.close()
+    splits = sorted(glob.glob(f"{work}/split-*-of-*.gguf"))
+    check(len(splits) == 3, f"gguf-py wrote {len(splits)} splits, expected 3")
+
+    def logits(model):
+        out = f"{work}/logits.safetensors"
+        run = subprocess.run([shoal, "logits", "--model", model, "--ids", "1,15,27,300,42,7", "--out", out],
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            return None, run.stderr
+        with open(out, "rb") as f:
+            return f.read(), run.stderr
+
+    expected, _ = logits(whole)
+    got, err = logits(splits[0])
+    check(expected is not None and got == expected, f"logits from the splits differ from the whole file's: {err}")
+    refused, err = logits(splits[1])
+    check(refused is None and "split 2 of 3" in err and os.path.basename(splits[0]) in err,
+          f"a later split given first: {err.strip()!r}")
+    os.rename(splits[2], splits[2] + ".away")
+    refused, err = logits(splits[0])
+    check(refused is None and os.path.basename(splits[2]) in err and "missing" in err,
+          f"a missing split: {err.strip()!r}")
+    print(f"splits: {len(splits)} files from gguf-py's writer, logits identical to the whole file's; "
+          "a later split and a missing split refused")
 finally:
     shutil.rmtree(work, ignore_errors=True)
 
-print(f"test_gguf: {len(failures)} failures" if failures else "test_gguf: 6 mixes read back by gguf-py")
+print(f"test_gguf: {len(failures)} failures" if failures else "test_gguf: 6 mixes read back by gguf-py, splits read")
 sys.exit(1 if failures else 0)
