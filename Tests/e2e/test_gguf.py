@@ -6,7 +6,7 @@ block types).
 
 Split files too: a model cut into `NAME-0000i-of-0000N.gguf` by gguf-py's writer (as llama.cpp's
 gguf-split cuts one) opens from its first split and gives the same logits, bit for bit, as the
-whole file; a missing split or a later split given first is refused with the file named.
+whole file, in one process and through two workers on the splits (f32 wire); a missing split or a later split given first is refused with the file named.
 
 usage: python3 Tests/e2e/test_gguf.py SHOAL
 """
@@ -19,6 +19,7 @@ import sys
 import tempfile
 
 import numpy as np
+import serve  # Tests/e2e/serve.py: processes on loopback, killed at exit
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize
 
@@ -129,10 +130,10 @@ try:
     splits = sorted(glob.glob(f"{work}/split-*-of-*.gguf"))
     check(len(splits) == 3, f"gguf-py wrote {len(splits)} splits, expected 3")
 
-    def logits(model):
+    def logits(model, *extra):
         out = f"{work}/logits.safetensors"
-        run = subprocess.run([shoal, "logits", "--model", model, "--ids", "1,15,27,300,42,7", "--out", out],
-                             capture_output=True, text=True)
+        run = subprocess.run([shoal, "logits", "--model", model, "--ids", "1,15,27,300,42,7", "--out", out,
+                              *extra], capture_output=True, text=True)
         if run.returncode != 0:
             return None, run.stderr
         with open(out, "rb") as f:
@@ -141,6 +142,10 @@ try:
     expected, _ = logits(whole)
     got, err = logits(splits[0])
     check(expected is not None and got == expected, f"logits from the splits differ from the whole file's: {err}")
+    # Two workers on the splits, each mapping its experts' slices of whichever split holds them.
+    workers = serve.start_workers(shoal, splits[0], ["0-3", "4-7"])
+    got, err = logits(splits[0], "--workers", ",".join(workers), "--wire-dtype", "f32")
+    check(got == expected, f"logits through two workers on the splits differ from one process's: {err}")
     refused, err = logits(splits[1])
     check(refused is None and "split 2 of 3" in err and os.path.basename(splits[0]) in err,
           f"a later split given first: {err.strip()!r}")
@@ -148,8 +153,8 @@ try:
     refused, err = logits(splits[0])
     check(refused is None and os.path.basename(splits[2]) in err and "missing" in err,
           f"a missing split: {err.strip()!r}")
-    print(f"splits: {len(splits)} files from gguf-py's writer, logits identical to the whole file's; "
-          "a later split and a missing split refused")
+    print(f"splits: {len(splits)} files from gguf-py's writer, logits identical to the whole file's in one "
+          "process and through two workers; a later split and a missing split refused")
 finally:
     shutil.rmtree(work, ignore_errors=True)
 
