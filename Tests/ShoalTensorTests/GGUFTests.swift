@@ -164,34 +164,45 @@ import Testing
 }
 
 /// A small GGUF v3 file built field by field: two metadata pairs (a string and an array of
-/// f32), an F32 tensor `a.weight` of 32 values and a Q8_0 tensor `b.weight` of 2 × 32.
+/// f32), an F32 tensor `a.weight` of 32 values and a Q8_0 tensor `b.weight` of 2 × 32; with
+/// `split`, also the three keys of a split (`split.no`, `split.count`, `split.tensors.count`).
 struct TinyGGUF {
     var alignment: UInt32? = nil
     var firstDims: [UInt64] = [32]
     var secondDims: [UInt64] = [32, 2]
     var secondType: UInt32 = 8
     var secondOffset: UInt64 = 128
+    var names = ("a.weight", "b.weight")
+    /// `b.weight`'s quants: block i holds `quant + i` in every byte.
+    var quant: UInt8 = 0
+    var split: (no: UInt16, count: UInt16, tensors: Int32)? = nil
 
     var bytes: [UInt8] {
         var out: [UInt8] = Array("GGUF".utf8)
         func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
         func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
         func string(_ s: String) { u64(UInt64(s.utf8.count)); out += Array(s.utf8) }
+        func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
         u32(3)
         u64(2)
-        u64(alignment == nil ? 2 : 3)
+        u64((alignment == nil ? 2 : 3) + (split == nil ? 0 : 3))
         string("general.architecture"); u32(8); string("llama")
         string("x.scores"); u32(9); u32(6); u64(3)
         for f: Float in [1, -2, 0.5] { u32(f.bitPattern) }
         if let alignment { string("general.alignment"); u32(4); u32(alignment) }
-        string("a.weight"); u32(UInt32(firstDims.count)); firstDims.forEach(u64); u32(0); u64(0)
-        string("b.weight"); u32(UInt32(secondDims.count)); secondDims.forEach(u64); u32(secondType); u64(secondOffset)
+        if let split {  // the types gguf-py's writer gives them: u16, u16, i32
+            string("split.no"); u32(2); u16(split.no)
+            string("split.count"); u32(2); u16(split.count)
+            string("split.tensors.count"); u32(5); u32(UInt32(bitPattern: split.tensors))
+        }
+        string(names.0); u32(UInt32(firstDims.count)); firstDims.forEach(u64); u32(0); u64(0)
+        string(names.1); u32(UInt32(secondDims.count)); secondDims.forEach(u64); u32(secondType); u64(secondOffset)
         let a = Int(alignment ?? 32)
         while out.count % a != 0 { out.append(0) }
         out += [UInt8](repeating: 0, count: 128)  // a.weight, padded to 128
         for block in 0..<2 {  // b.weight: d = 1.0, qs = block index
             out += [0x00, 0x3C]
-            out += [UInt8](repeating: UInt8(block), count: 32)
+            out += [UInt8](repeating: quant + UInt8(block), count: 32)
         }
         return out
     }
