@@ -27,21 +27,19 @@ public final class GGUFModelFiles: @unchecked Sendable {
         let name = (path as NSString).lastPathComponent
         func fail(_ detail: String) -> GGUFError { .malformed(file: name, detail: detail) }
 
-        guard let countValue = first["split.count"] else {
-            files = [first]
-            tensors = first.tensors
-            splitOf = [:]
-            return
-        }
-        guard let count = countValue.int, (1...9999).contains(count) else {
-            throw fail("split.count is not a number of splits from 1 to 9999")
-        }
-        let number = first["split.no"]?.int ?? 0
-        guard number == 0 else {
-            let hint = Self.name(of: path, split: 0, count: count).map { ", \(($0 as NSString).lastPathComponent)" } ?? ""
-            throw fail("this is split \(number + 1) of \(count); open the first\(hint)")
-        }
         var files = [first]
+        var count = 1  // an unsplit file has no split keys
+        if let countValue = first["split.count"] {
+            guard let c = countValue.int, (1...9999).contains(c) else {
+                throw fail("split.count is not a number of splits from 1 to 9999")
+            }
+            count = c
+            let number = first["split.no"]?.int ?? 0
+            guard number == 0 else {
+                let hint = Self.name(of: path, split: 0, count: count).map { ", \(($0 as NSString).lastPathComponent)" } ?? ""
+                throw fail("this is split \(number + 1) of \(count); open the first\(hint)")
+            }
+        }
         if count > 1 {
             guard Self.name(of: path, split: 0, count: count) == path else {
                 throw fail("split 1 of \(count), but the name does not end in \(Self.suffix(0, count)): the other splits cannot be found")
@@ -71,7 +69,7 @@ public final class GGUFModelFiles: @unchecked Sendable {
                 splitOf[t.name] = i
             }
         }
-        if let expected = first["split.tensors.count"]?.int, expected != tensors.count {
+        if first["split.count"] != nil, let expected = first["split.tensors.count"]?.int, expected != tensors.count {
             throw fail("split.tensors.count is \(expected), but the \(count) splits hold \(tensors.count) tensors")
         }
         self.files = files
@@ -82,9 +80,11 @@ public final class GGUFModelFiles: @unchecked Sendable {
     /// The model's metadata: the first file's.
     public subscript(key: String) -> GGUFValue? { files[0][key] }
 
-    /// The raw bytes of a tensor of this model, valid as long as this object lives.
+    /// The raw bytes of a tensor of this model (one of `tensors`), valid as long as this object
+    /// lives.
     public func data(_ info: GGUFTensorInfo) -> UnsafeRawBufferPointer {
-        files[splitOf[info.name] ?? 0].data(info)
+        guard let split = splitOf[info.name] else { preconditionFailure("\(info.name) is not a tensor of \(path)") }
+        return files[split].data(info)
     }
 
     /// `-00001-of-00003.gguf` for split 0 of 3: llama.cpp's `llama_split_path` format.

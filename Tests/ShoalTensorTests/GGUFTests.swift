@@ -164,7 +164,8 @@ import Testing
 }
 
 /// A small GGUF v3 file built field by field: two metadata pairs (a string and an array of
-/// f32), an F32 tensor `a.weight` of 32 values and a Q8_0 tensor `b.weight` of 2 × 32; with
+/// f32), an F32 tensor `a.weight` of 32 values and a Q8_0 tensor `b.weight` of 2 × 32 (other
+/// names with `names`); with
 /// `split`, also the three keys of a split (`split.no`, `split.count`, `split.tensors.count`).
 struct TinyGGUF {
     var alignment: UInt32? = nil
@@ -179,10 +180,10 @@ struct TinyGGUF {
 
     var bytes: [UInt8] {
         var out: [UInt8] = Array("GGUF".utf8)
+        func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
         func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
         func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
         func string(_ s: String) { u64(UInt64(s.utf8.count)); out += Array(s.utf8) }
-        func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
         u32(3)
         u64(2)
         u64((alignment == nil ? 2 : 3) + (split == nil ? 0 : 3))
@@ -200,7 +201,7 @@ struct TinyGGUF {
         let a = Int(alignment ?? 32)
         while out.count % a != 0 { out.append(0) }
         out += [UInt8](repeating: 0, count: 128)  // a.weight, padded to 128
-        for block in 0..<2 {  // b.weight: d = 1.0, qs = block index
+        for block in 0..<2 {  // b.weight: d = 1.0, qs = quant + block index
             out += [0x00, 0x3C]
             out += [UInt8](repeating: quant + UInt8(block), count: 32)
         }

@@ -6,7 +6,8 @@ block types).
 
 Split files too: a model cut into `NAME-0000i-of-0000N.gguf` by gguf-py's writer (as llama.cpp's
 gguf-split cuts one) opens from its first split and gives the same logits, bit for bit, as the
-whole file, in one process and through two workers on the splits (f32 wire); a missing split or a later split given first is refused with the file named.
+whole file, in one process and through two workers on the splits (f32 wire); a missing split or
+a later split given first is refused with the file named.
 
 usage: python3 Tests/e2e/test_gguf.py SHOAL
 """
