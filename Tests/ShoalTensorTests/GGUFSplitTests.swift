@@ -66,6 +66,7 @@ import Testing
             ("a split that says another number", { i, t in if i == 1 { t.split!.no = 2 } }, "do not say split 2 of 3"),
             ("a split that says another count", { i, t in if i == 2 { t.split!.count = 4 } }, "do not say split 3 of 3"),
             ("a wrong total of tensors", { i, t in if i == 0 { t.split!.tensors = 7 } }, "split.tensors.count is 7"),
+            ("a count of no splits", { i, t in if i == 0 { t.split!.count = 0 } }, "split.count is not a number of splits from 1 to 9999"),
         ]
         for (what, change, expected) in cases {
             let folder = try Self.write(change)
