@@ -47,7 +47,22 @@ import Testing
     /// A new channel to an address starts its own connection: it does not inherit the failed
     /// one of an older channel to the same address (the core's default global subchannel pool
     /// shares them), so a server that took over that port is reached at once by the first call.
+    /// Sharing made that call wait out the old connection's backoff: 1 s with 20% jitter from
+    /// the failed attempt, so at least ~0.75 s every time (measured: 1.0 s). Alone, the call
+    /// takes milliseconds; with the other RPC suites running beside it under AddressSanitizer
+    /// on 2 cores it once took 0.79 s, so the bound holds the fastest of up to three tries.
     @Test func newChannelDoesNotInheritAnotherChannelsFailedConnection() async throws {
+        var fastest = Duration.seconds(3600)
+        for _ in 0..<3 where fastest >= .milliseconds(500) {
+            fastest = min(fastest, try await firstCallAfterAnotherChannelFailed())
+        }
+        #expect(fastest < .milliseconds(500), "the first call on a new channel took \(fastest) at best")
+    }
+
+    /// One try: a server on a fresh port goes away, a channel fails to reach it and keeps its
+    /// failed connection, a new server takes the port, and a new channel makes one call.
+    /// Returns how long that call took.
+    private func firstCallAfterAnotherChannelFailed() async throws -> Duration {
         let first = try RPCServer.start(listen: "127.0.0.1:0", unary: [Method.echo: echo])
         let address = "127.0.0.1:\(first.port)"
         await first.shutdown(grace: .zero)
@@ -64,8 +79,6 @@ import Testing
         fresh.close()
         await second.shutdown(grace: .zero)
         #expect(answer == nil, "the first call on a new channel failed: \(String(describing: answer))")
-        // A loopback connection and one call take milliseconds; sharing the old channel's
-        // connection made this call wait out its backoff (measured: 1.0 s).
-        #expect(took < .milliseconds(500), "the first call on a new channel took \(took)")
+        return took
     }
 }
