@@ -28,7 +28,16 @@ INLINE float half_to_float(uint16_t h) {
 
 // Weights per block and bytes per block of each weight type (ggml-common.h's block structs).
 INLINE size_t block_weights(int wt) {
-    return wt <= SHOAL_W_BF16 ? 1 : wt <= SHOAL_W_Q4_0 ? 32 : 256;
+    switch (wt) {
+    case SHOAL_W_F32:
+    case SHOAL_W_BF16: return 1;
+    case SHOAL_W_Q8_0:
+    case SHOAL_W_Q4_0:
+    case SHOAL_W_Q4_1:
+    case SHOAL_W_Q5_0:
+    case SHOAL_W_Q5_1: return 32;
+    default: return 256;  // the K-quants
+    }
 }
 INLINE size_t block_bytes(int wt) {
     switch (wt) {
@@ -36,6 +45,11 @@ INLINE size_t block_bytes(int wt) {
     case SHOAL_W_BF16: return 2;
     case SHOAL_W_Q8_0: return 34;
     case SHOAL_W_Q4_0: return 18;
+    case SHOAL_W_Q4_1: return 20;
+    case SHOAL_W_Q5_0: return 22;
+    case SHOAL_W_Q5_1: return 24;
+    case SHOAL_W_Q2_K: return 84;
+    case SHOAL_W_Q3_K: return 110;
     case SHOAL_W_Q4_K: return 144;
     case SHOAL_W_Q5_K: return 176;
     default: return 210;  // Q6_K
@@ -45,22 +59,49 @@ INLINE size_t block_bytes(int wt) {
 // any n).
 INLINE size_t wbytes(int wt, size_t n) { return n / block_weights(wt) * block_bytes(wt); }
 
-// A block's multipliers, decoded once per block: Q8_0 / Q4_0 a[0] = d; Q4_K / Q5_K per 32-weight
-// sub-block j, a[j] = d·scale_j and a[8 + j] = dmin·min_j; Q6_K per 16-weight sub-block j,
-// a[j] = d·scale_j. Each product is the float32 ggml's dequantize_row_* forms first. Every
-// product in a weight is exact in float32, since d is a binary16 (11 significant bits): times a
-// 6-bit scale and a quant of at most 6 bits (Q6_K: an 8-bit scale and q − 32) it needs at most
-// 24 bits. So the only rounding in a weight is Q4_K's and Q5_K's subtraction of dmin·min, and
-// a product contracted into that subtraction (an FMA) gives the same bits.
-typedef struct { float a[16]; } block_head;
+// A block's multipliers, decoded once per block: Q8_0 / Q4_0 / Q5_0 a[0] = d; Q4_1 / Q5_1
+// a[0] = d, a[1] = m; Q4_K / Q5_K per 32-weight sub-block j, a[j] = d·scale_j and a[8 + j] =
+// dmin·min_j; Q2_K per 16-weight sub-block j, a[j] = d·scale_j and a[16 + j] = dmin·min_j;
+// Q3_K and Q6_K per 16-weight sub-block j, a[j] = d·scale_j (Q3_K's scale_j is its 6-bit value
+// − 32). Each product is the float32 ggml's dequantize_row_* forms first. Every product in a
+// weight is exact in float32, since d is a binary16 (11 significant bits): times a scale and a
+// quant it needs at most 24 bits (the most: Q6_K, 11 + 7 + 5 bits for d, its int8 scale and q − 32).
+// So the only rounding in a weight is the addition of m (Q4_1, Q5_1) or the subtraction of
+// dmin·min (Q2_K, Q4_K, Q5_K), and a product contracted into it (an FMA) gives the same bits.
+typedef struct { float a[32]; } block_head;
 
 INLINE void decode_head(int wt, const uint8_t *b, block_head *h) {
 #pragma clang fp contract(off)
     switch (wt) {
     case SHOAL_W_Q8_0:
     case SHOAL_W_Q4_0:
+    case SHOAL_W_Q5_0:
         h->a[0] = half_to_float(load_u16(b));
         break;
+    case SHOAL_W_Q4_1:
+    case SHOAL_W_Q5_1:
+        h->a[0] = half_to_float(load_u16(b));
+        h->a[1] = half_to_float(load_u16(b + 2));
+        break;
+    case SHOAL_W_Q2_K: {  // scales[16] (scale j in the low nibble, min j in the high), qs[64], d, dmin
+        const float d = half_to_float(load_u16(b + 80)), dmin = half_to_float(load_u16(b + 82));
+        for (int j = 0; j < 16; j++) {
+            h->a[j] = d * (float)(b[j] & 15);
+            h->a[16 + j] = dmin * (float)(b[j] >> 4);
+        }
+        break;
+    }
+    case SHOAL_W_Q3_K: {  // hmask[32], qs[64], scales[12], d
+        // 16 six-bit scales: the low 4 bits of scale j are the low (j < 8) or high (j >= 8)
+        // nibble of byte j % 8, its top 2 bits are bits 2·(j / 4) of byte 8 + j % 4.
+        const uint8_t *sc = b + 96;
+        const float d = half_to_float(load_u16(b + 108));
+        for (int j = 0; j < 16; j++) {
+            const int low = j < 8 ? sc[j] & 15 : sc[j - 8] >> 4, top = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+            h->a[j] = d * (float)((low | top << 4) - 32);
+        }
+        break;
+    }
     case SHOAL_W_Q4_K:
     case SHOAL_W_Q5_K: {
         // ggml's get_scale_min_k4 for all 8 sub-blocks at once: j < 4 takes q[j] & 63 and q[j+4] & 63;
@@ -107,6 +148,36 @@ INLINE vf block_vec(int wt, const uint8_t *b, size_t o, const block_head *h) {
         vb q = load_bytes(b + 2 + (o & 15));
         vb nibble = o < 16 ? q & 15 : q >> 4;
         return (__builtin_convertvector(nibble, vf) - 8.0f) * h->a[0];
+    }
+    case SHOAL_W_Q4_1: {  // d, m, qs[16]: as Q4_0, weight d·q + m
+        vb q = load_bytes(b + 4 + (o & 15));
+        vb nibble = o < 16 ? q & 15 : q >> 4;
+        return __builtin_convertvector(nibble, vf) * h->a[0] + h->a[1];
+    }
+    case SHOAL_W_Q5_0:    // d, qh (32 bits: bit j is weight j's fifth bit), qs[16] as Q4_0's
+    case SHOAL_W_Q5_1: {  // d, m, qh, qs[16]; weight d·q + m
+        const size_t at = wt == SHOAL_W_Q5_0 ? 2 : 4;
+        vb q = load_bytes(b + at + 4 + (o & 15));
+        vb nibble = o < 16 ? q & 15 : q >> 4;
+        vu lane;
+        UNROLL for (int i = 0; i < VW; i++) lane[i] = (uint32_t)(o + i);
+        vu fifth = ((vu)load_u32(b + at) >> lane) & 1;
+        vi value = __builtin_convertvector(nibble, vi) | (vi)(fifth << 4);
+        if (wt == SHOAL_W_Q5_0) return __builtin_convertvector(value - 16, vf) * h->a[0];
+        return __builtin_convertvector(value, vf) * h->a[0] + h->a[1];
+    }
+    case SHOAL_W_Q2_K: {  // scales[16], qs[64], d, dmin; two halves of 128, four 2-bit planes each
+        const size_t half = o / 128, plane = (o % 128) / 32, l = o % 32, s = 8 * half + 2 * plane + l / 16;
+        vb q = (load_bytes(b + 16 + 32 * half + l) >> (uint8_t)(2 * plane)) & 3;
+        return h->a[s] * __builtin_convertvector(q, vf) - h->a[16 + s];
+    }
+    case SHOAL_W_Q3_K: {  // hmask[32], qs[64], scales[12], d; as Q2_K's planes, minus 4 where
+                          // bit 4·half + plane of hmask[l] is clear
+        const size_t half = o / 128, plane = (o % 128) / 32, l = o % 32, s = 8 * half + 2 * plane + l / 16;
+        vb q = (load_bytes(b + 32 + 32 * half + l) >> (uint8_t)(2 * plane)) & 3;
+        vb high = (load_bytes(b + l) >> (uint8_t)(4 * half + plane)) & 1;
+        vi value = __builtin_convertvector(q, vi) - (vi)(4 * (1 - __builtin_convertvector(high, vi)));
+        return h->a[s] * __builtin_convertvector(value, vf);
     }
     case SHOAL_W_Q4_K: {  // d, dmin, scales[12], qs[128]: chunk o/64's low nibbles, then its high ones
         const size_t s = o / 32;

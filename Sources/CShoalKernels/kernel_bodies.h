@@ -108,6 +108,7 @@ enum { PREFETCH_NONE, PREFETCH_AHEAD };
 INLINE vf load_f32(const float *p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
 INLINE void store_f32(float *p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 INLINE uint16_t load_u16(const uint8_t *p) { uint16_t v; __builtin_memcpy(&v, p, sizeof v); return v; }
+INLINE uint32_t load_u32(const uint8_t *p) { uint32_t v; __builtin_memcpy(&v, p, sizeof v); return v; }
 INLINE vb load_bytes(const uint8_t *p) { vb v; __builtin_memcpy(&v, p, sizeof v); return v; }
 
 // bf16 is the top half of a float32: zero-extend to 32 bits and shift it into place.
@@ -721,6 +722,11 @@ INLINE float read_sum_body(const float *p, size_t n) {
     case SHOAL_W_Q4_K: CALL(SHOAL_W_Q4_K); break;      \
     case SHOAL_W_Q5_K: CALL(SHOAL_W_Q5_K); break;      \
     case SHOAL_W_Q6_K: CALL(SHOAL_W_Q6_K); break;      \
+    case SHOAL_W_Q4_1: CALL(SHOAL_W_Q4_1); break;      \
+    case SHOAL_W_Q5_0: CALL(SHOAL_W_Q5_0); break;      \
+    case SHOAL_W_Q5_1: CALL(SHOAL_W_Q5_1); break;      \
+    case SHOAL_W_Q2_K: CALL(SHOAL_W_Q2_K); break;      \
+    case SHOAL_W_Q3_K: CALL(SHOAL_W_Q3_K); break;      \
     }
 
 SHOAL_ATTR static void gemv(int wt, const void *w, size_t cols, const float *x, float *y,

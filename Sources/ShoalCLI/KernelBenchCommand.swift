@@ -21,8 +21,10 @@ struct KernelBenchCommand: ParsableCommand {
     @Option(help: "Comma-separated token counts.") var tokens = "1,2,4,8,16,64"
     @Option(help: "Compute threads.") var threads = 1
     @Option(help: "Repeats; medians are reported.") var repeats = 5
-    @Option(name: .customLong("type"), help: "Weight type: bf16, f32, q8_0, q4_0, q4_k, q5_k, q6_k.") var typeName = "bf16"
+    @Option(name: .customLong("type"), help: "Weight type: \(Self.typeNames).") var typeName = "bf16"
 
+    /// Every type a matrix can hold in memory (f16 is widened to f32 at load).
+    static let typeNames = DType.allCases.filter { $0 != .f16 }.map { $0.rawValue.lowercased() }.joined(separator: ", ")
     var type: DType? { DType.allCases.first { $0.rawValue.lowercased() == typeName.lowercased() && $0 != .f16 } }
 
     func validate() throws {
@@ -30,7 +32,7 @@ struct KernelBenchCommand: ParsableCommand {
             throw ValidationError("--rows, --cols, --matrices, --threads and --repeats must be at least 1")
         }
         _ = try parseCounts(tokens)
-        guard let type else { throw ValidationError("--type \(typeName): expected bf16, f32, q8_0, q4_0, q4_k, q5_k or q6_k") }
+        guard let type else { throw ValidationError("--type \(typeName): expected one of \(Self.typeNames)") }
         guard cols % type.blockWeights == 0 else {
             throw ValidationError("--cols \(cols) is not a whole number of \(type.rawValue) blocks (\(type.blockWeights) weights)")
         }

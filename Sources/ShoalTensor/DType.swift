@@ -9,16 +9,22 @@ public enum DType: String, Sendable, CaseIterable {
     case f16 = "F16"
     case q8_0 = "Q8_0"
     case q4_0 = "Q4_0"
+    case q4_1 = "Q4_1"
+    case q5_0 = "Q5_0"
+    case q5_1 = "Q5_1"
+    case q2_K = "Q2_K"
+    case q3_K = "Q3_K"
     case q4_K = "Q4_K"
     case q5_K = "Q5_K"
     case q6_K = "Q6_K"
 
-    /// Weights per block: 1 for the float types, 32 for Q8_0 and Q4_0, 256 for the K-quants.
+    /// Weights per block: 1 for the float types, 32 for Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1, 256
+    /// for the K-quants.
     public var blockWeights: Int {
         switch self {
         case .f32, .bf16, .f16: return 1
-        case .q8_0, .q4_0: return 32
-        case .q4_K, .q5_K, .q6_K: return 256
+        case .q8_0, .q4_0, .q4_1, .q5_0, .q5_1: return 32
+        case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: return 256
         }
     }
 
@@ -29,6 +35,11 @@ public enum DType: String, Sendable, CaseIterable {
         case .bf16, .f16: return 2
         case .q8_0: return 34
         case .q4_0: return 18
+        case .q4_1: return 20
+        case .q5_0: return 22
+        case .q5_1: return 24
+        case .q2_K: return 84
+        case .q3_K: return 110
         case .q4_K: return 144
         case .q5_K: return 176
         case .q6_K: return 210
@@ -49,6 +60,11 @@ public enum DType: String, Sendable, CaseIterable {
         case .f16: preconditionFailure("f16 weights are widened to f32 at load")
         case .q8_0: return Int32(SHOAL_W_Q8_0)
         case .q4_0: return Int32(SHOAL_W_Q4_0)
+        case .q4_1: return Int32(SHOAL_W_Q4_1)
+        case .q5_0: return Int32(SHOAL_W_Q5_0)
+        case .q5_1: return Int32(SHOAL_W_Q5_1)
+        case .q2_K: return Int32(SHOAL_W_Q2_K)
+        case .q3_K: return Int32(SHOAL_W_Q3_K)
         case .q4_K: return Int32(SHOAL_W_Q4_K)
         case .q5_K: return Int32(SHOAL_W_Q5_K)
         case .q6_K: return Int32(SHOAL_W_Q6_K)

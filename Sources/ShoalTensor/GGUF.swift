@@ -33,7 +33,7 @@ public enum GGUFError: Error, CustomStringConvertible, Equatable {
         case let .truncated(file, detail): return "\(file): truncated: \(detail)"
         case let .malformed(file, detail): return "\(file): malformed GGUF: \(detail)"
         case let .unsupportedType(file, tensor, type):
-            return "\(file): tensor \(tensor) has type \(type); Shoal computes with F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K"
+            return "\(file): tensor \(tensor) has type \(type); Shoal computes with F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K"
         case let .badOffset(file, tensor, detail): return "\(file): tensor \(tensor): \(detail)"
         }
     }
@@ -155,7 +155,12 @@ enum GGMLType {
         case 0: return .f32
         case 1: return .f16
         case 2: return .q4_0
+        case 3: return .q4_1
+        case 6: return .q5_0
+        case 7: return .q5_1
         case 8: return .q8_0
+        case 10: return .q2_K
+        case 11: return .q3_K
         case 12: return .q4_K
         case 13: return .q5_K
         case 14: return .q6_K
@@ -169,7 +174,12 @@ enum GGMLType {
         case .f32: return 0
         case .f16: return 1
         case .q4_0: return 2
+        case .q4_1: return 3
+        case .q5_0: return 6
+        case .q5_1: return 7
         case .q8_0: return 8
+        case .q2_K: return 10
+        case .q3_K: return 11
         case .q4_K: return 12
         case .q5_K: return 13
         case .q6_K: return 14
@@ -179,7 +189,7 @@ enum GGMLType {
 
     static func name(_ id: UInt32) -> String {
         let names: [UInt32: String] = [
-            3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 15: "Q8_K",
+            9: "Q8_1", 15: "Q8_K",
             16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
             23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
             34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",

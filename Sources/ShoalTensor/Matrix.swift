@@ -35,7 +35,7 @@ public struct Matrix: @unchecked Sendable {
         case .f32: return row.loadUnaligned(fromByteOffset: c * 4, as: Float.self)
         case .bf16: return bf16ToFloat(row.loadUnaligned(fromByteOffset: c * 2, as: UInt16.self))
         case .f16: fatalError("unreachable")
-        case .q8_0, .q4_0, .q4_K, .q5_K, .q6_K:
+        case .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K:
             let block = row + c / dtype.blockWeights * dtype.blockBytes
             return BlockFormat.weight(dtype, block: UnsafeRawBufferPointer(start: block, count: dtype.blockBytes),
                                       index: c % dtype.blockWeights)

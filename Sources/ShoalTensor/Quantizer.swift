@@ -22,6 +22,11 @@ public enum Quantizer {
             case .f16: yb.storeBytes(of: Float16(xb[0]).bitPattern, as: UInt16.self)
             case .q8_0: q8_0(xb, yb)
             case .q4_0: q4_0(xb, yb)
+            case .q4_1: q4_1(xb, yb)
+            case .q5_0: q5_0(xb, yb)
+            case .q5_1: q5_1(xb, yb)
+            case .q2_K: q2_K(xb, yb, scratch: scratch)
+            case .q3_K: q3_K(xb, yb, scratch: scratch)
             case .q4_K: kQuant(xb, yb, fifthBit: false, scratch: scratch)
             case .q5_K: kQuant(xb, yb, fifthBit: true, scratch: scratch)
             case .q6_K: q6_K(xb, yb, scratch: scratch)
@@ -46,6 +51,53 @@ public enum Quantizer {
         y.storeBytes(of: Float16(d).bitPattern, as: UInt16.self)
         func level(_ v: Float) -> UInt8 { UInt8(min(15, Int8(clamping: Int((v * id + 8.5).rounded(.towardZero))))) }
         for j in 0..<16 { y.storeBytes(of: level(x[j]) | level(x[16 + j]) << 4, toByteOffset: 2 + j, as: UInt8.self) }
+    }
+
+    /// `quantize_row_q4_1_ref`: levels 0...15 from the block's minimum, weight d·q + m.
+    static func q4_1(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
+        let (d, m) = minAndStep(x, levels: 15, into: y)
+        let id = d != 0 ? 1 / d : 0
+        func level(_ v: Float) -> UInt8 { UInt8(min(15, Int8(clamping: Int(((v - m) * id + 0.5).rounded(.towardZero))))) }
+        for j in 0..<16 { y.storeBytes(of: level(x[j]) | level(x[16 + j]) << 4, toByteOffset: 4 + j, as: UInt8.self) }
+    }
+
+    /// `quantize_row_q5_0_ref`: Q4_0's scheme with 32 levels, the fifth bits gathered in `qh`.
+    static func q5_0(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
+        var amax: Float = 0, signedMax: Float = 0
+        for j in 0..<32 where amax < abs(x[j]) { amax = abs(x[j]); signedMax = x[j] }
+        let d = signedMax / -16, id = d != 0 ? 1 / d : 0
+        y.storeBytes(of: Float16(d).bitPattern, as: UInt16.self)
+        storeFiveBits({ UInt8(min(31, Int8(clamping: Int((x[$0] * id + 16.5).rounded(.towardZero))))) }, at: y + 2)
+    }
+
+    /// `quantize_row_q5_1_ref`: Q4_1's scheme with 32 levels.
+    static func q5_1(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
+        let (d, m) = minAndStep(x, levels: 31, into: y)
+        let id = d != 0 ? 1 / d : 0
+        storeFiveBits({ UInt8(clamping: Int(((x[$0] - m) * id + 0.5).rounded(.towardZero))) }, at: y + 4)
+    }
+
+    /// A 32-weight block's minimum and step for `levels` steps up to its maximum, stored as
+    /// binary16 `d` then `m` at `y`; the step is computed in float32 before either is rounded.
+    private static func minAndStep(_ x: UnsafePointer<Float>, levels: Float, into y: UnsafeMutableRawPointer) -> (Float, Float) {
+        var lo = Float.greatestFiniteMagnitude, hi = -Float.greatestFiniteMagnitude
+        for j in 0..<32 { lo = min(lo, x[j]); hi = max(hi, x[j]) }
+        let d = (hi - lo) / levels
+        y.storeBytes(of: Float16(d).bitPattern, as: UInt16.self)
+        y.storeBytes(of: Float16(lo).bitPattern, toByteOffset: 2, as: UInt16.self)
+        return (d, lo)
+    }
+
+    /// The 5-bit levels of weights 0..<32 as Q5_0 / Q5_1 store them at `y`: `qh` (bit j the
+    /// fifth bit of weight j), then 16 bytes of low nibbles (weight j and j + 16 in byte j).
+    private static func storeFiveBits(_ level: (Int) -> UInt8, at y: UnsafeMutableRawPointer) {
+        var qh: UInt32 = 0
+        for j in 0..<16 {
+            let a = level(j), b = level(16 + j)
+            y.storeBytes(of: (a & 15) | (b & 15) << 4, toByteOffset: 4 + j, as: UInt8.self)
+            qh |= UInt32(a >> 4) << UInt32(j) | UInt32(b >> 4) << UInt32(16 + j)
+        }
+        y.storeBytes(of: qh, as: UInt32.self)
     }
 
     // MARK: - 256-weight K-quants
@@ -119,6 +171,91 @@ public enum Quantizer {
         }
     }
 
+    /// Q2_K (`quantize_row_q2_K_ref`): 16 sub-blocks of 16 at levels 0...3, each with a 4-bit
+    /// scale and min relative to the block's `d` and `dmin`, searched on the absolute error
+    /// weighted by |x|.
+    static func q2_K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, scratch: UnsafeMutableRawPointer) {
+        // scratch: levels L[256], aux[32], then floats scales[16], mins[16], weights[16].
+        let L = scratch.assumingMemoryBound(to: UInt8.self), aux = L + 256
+        let scales = (scratch + 512).assumingMemoryBound(to: Float.self), mins = scales + 16, weights = scales + 32
+        var maxScale: Float = 0, maxMin: Float = 0
+        for j in 0..<16 {
+            let xs = x + 16 * j
+            for l in 0..<16 { weights[l] = abs(xs[l]) }
+            (scales[j], mins[j]) = makeQKX2(xs, weights, count: 16, nmax: 3, into: L + 16 * j, aux: aux,
+                                            rmin: -0.5, rdelta: 0.1, steps: 15, absolute: true)
+            maxScale = max(maxScale, scales[j])
+            maxMin = max(maxMin, mins[j])
+        }
+        let packed = y.assumingMemoryBound(to: UInt8.self)  // scales[16]: scale j low, min j high
+        let invScale: Float = maxScale > 0 ? 15 / maxScale : 0, invMin: Float = maxMin > 0 ? 15 / maxMin : 0
+        for j in 0..<16 {
+            // both searches give scales and mins >= 0; clamping keeps a stray negative at 0
+            packed[j] = UInt8(clamping: min(15, nearest(invScale * scales[j])))
+                | UInt8(clamping: min(15, nearest(invMin * mins[j]))) << 4
+        }
+        let d = Float16(maxScale / 15), dmin = Float16(maxMin / 15)
+        y.storeBytes(of: d.bitPattern, toByteOffset: 80, as: UInt16.self)
+        y.storeBytes(of: dmin.bitPattern, toByteOffset: 82, as: UInt16.self)
+        // Levels again against the rounded scales actually stored.
+        for j in 0..<16 {
+            let sd = Float(d) * Float(packed[j] & 15)
+            guard sd != 0 else { continue }
+            let sm = Float(dmin) * Float(packed[j] >> 4)
+            for ii in 0..<16 { L[16 * j + ii] = UInt8(max(0, min(3, nearest((x[16 * j + ii] + sm) / sd)))) }
+        }
+        packTwoBitPlanes(L, into: y + 16)
+    }
+
+    /// Q3_K (`quantize_row_q3_K_ref`): 16 sub-blocks of 16 at levels −4...3, each with a 6-bit
+    /// signed scale relative to the block's `d`; the levels' third bits go to `hmask`.
+    static func q3_K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, scratch: UnsafeMutableRawPointer) {
+        // scratch: levels L[256] (0...7), then floats scales[16].
+        let L = scratch.assumingMemoryBound(to: UInt8.self), scales = (scratch + 256).assumingMemoryBound(to: Float.self)
+        var maxScale: Float = 0, maxAbsScale: Float = 0
+        for j in 0..<16 {
+            scales[j] = makeQ3(x + 16 * j, nmax: 4, into: L + 16 * j)
+            if abs(scales[j]) > maxAbsScale { maxAbsScale = abs(scales[j]); maxScale = scales[j] }
+        }
+        let bytes = y.assumingMemoryBound(to: UInt8.self)
+        bytes.initialize(repeating: 0, count: 110)
+        let sc = bytes + 96  // 16 six-bit scales + 32, packed as BlockFormat.q3KScale reads them
+        var d: Float16 = 0
+        if maxScale != 0 {
+            let iscale = -32 / maxScale
+            for j in 0..<16 {
+                let l = max(-32, min(31, nearest(iscale * scales[j]))) + 32
+                if j < 8 { sc[j] = UInt8(l & 15) } else { sc[j - 8] |= UInt8(l & 15) << 4 }
+                sc[8 + j % 4] |= UInt8(l >> 4) << UInt8(2 * (j / 4))
+            }
+            d = Float16(1 / iscale)
+        }
+        y.storeBytes(of: d.bitPattern, toByteOffset: 108, as: UInt16.self)
+        let header = UnsafeRawBufferPointer(start: y, count: 110)
+        for j in 0..<16 {
+            let sd = Float(d) * Float(BlockFormat.q3KScale(header, j))
+            guard sd != 0 else { continue }
+            for ii in 0..<16 { L[16 * j + ii] = UInt8(max(-4, min(3, nearest(x[16 * j + ii] / sd))) + 4) }
+        }
+        for j in 0..<256 where L[j] > 3 {  // weight j's third bit: bit j / 32 of hmask[j % 32]
+            bytes[j % 32] |= 1 << UInt8(j / 32)
+            L[j] -= 4
+        }
+        packTwoBitPlanes(L, into: y + 32)
+    }
+
+    /// 256 two-bit levels as Q2_K and Q3_K store them: in each half of 128, byte l holds the
+    /// levels of weights l, l + 32, l + 64 and l + 96 from its low bits up.
+    private static func packTwoBitPlanes(_ L: UnsafePointer<UInt8>, into q: UnsafeMutableRawPointer) {
+        for h in 0..<2 {
+            for l in 0..<32 {
+                let at = 128 * h + l
+                q.storeBytes(of: L[at] | L[at + 32] << 2 | L[at + 64] << 4 | L[at + 96] << 6, toByteOffset: 32 * h + l,
+                             as: UInt8.self)
+            }
+        }
+    }
+
     /// Q6_K: 16 sub-blocks of 16, each with an int8 scale relative to the block's `d`.
     static func q6_K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, scratch: UnsafeMutableRawPointer) {
         // scratch: levels[256], then floats scales[16].
@@ -161,12 +298,14 @@ public enum Quantizer {
     @inline(__always)
     static func nearest(_ v: Float) -> Int { Int(v.rounded(.toNearestOrEven)) }
 
-    /// `make_qkx2_quants`: levels 0...nmax with a scale and a (non-positive) offset minimising
-    /// the weighted squared error, trying `steps + 1` scales around the range's own. Returns
+    /// `make_qkx2_quants`: levels 0...nmax for `n` weights with a scale and a (non-positive)
+    /// offset minimising the weighted squared error (or, `absolute`, the weighted absolute
+    /// error: Q2_K's `use_mad`), trying `steps + 1` scales around the range's own. Returns
     /// (scale, -offset).
-    static func makeQKX2(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, nmax: Int, into L: UnsafeMutablePointer<UInt8>,
-                         aux: UnsafeMutablePointer<UInt8>, rmin: Float, rdelta: Float, steps: Int) -> (Float, Float) {
-        let n = 32
+    static func makeQKX2(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, count n: Int = 32, nmax: Int,
+                         into L: UnsafeMutablePointer<UInt8>, aux: UnsafeMutablePointer<UInt8>, rmin: Float, rdelta: Float,
+                         steps: Int, absolute: Bool = false) -> (Float, Float) {
+        func cost(_ diff: Float) -> Float { absolute ? abs(diff) : diff * diff }
         var lo = x[0], hi = x[0], sumW = w[0], sumX = w[0] * x[0]
         for i in 1..<n {
             lo = min(lo, x[i]); hi = max(hi, x[i])
@@ -181,8 +320,7 @@ public enum Quantizer {
         for i in 0..<n {
             let l = max(0, min(nmax, nearest(iscale * (x[i] - lo))))
             L[i] = UInt8(l)
-            let diff = scale * Float(l) + lo - x[i]
-            bestError += w[i] * diff * diff
+            bestError += w[i] * cost(scale * Float(l) + lo - x[i])
         }
         for step in 0...steps {
             iscale = (rmin + rdelta * Float(step) + Float(nmax)) / (hi - lo)
@@ -202,8 +340,7 @@ public enum Quantizer {
             }
             var error: Float = 0
             for i in 0..<n {
-                let diff = thisScale * Float(aux[i]) + thisMin - x[i]
-                error += w[i] * diff * diff
+                error += w[i] * cost(thisScale * Float(aux[i]) + thisMin - x[i])
             }
             if error < bestError {
                 for i in 0..<n { L[i] = aux[i] }
@@ -213,6 +350,50 @@ public enum Quantizer {
             }
         }
         return (scale, -lo)
+    }
+
+    /// `make_q3_quants` with `do_rmse`: symmetric levels −nmax..<nmax for 16 weights, improved
+    /// one weight at a time (up to 5 passes) while the x²-weighted fit gets better. Writes the
+    /// levels + nmax to `L` and returns the scale.
+    static func makeQ3(_ x: UnsafePointer<Float>, nmax: Int, into L: UnsafeMutablePointer<UInt8>) -> Float {
+        let n = 16
+        var amax: Float = 0, signedMax: Float = 0
+        for i in 0..<n where abs(x[i]) > amax { amax = abs(x[i]); signedMax = x[i] }
+        guard amax >= 1e-15 else {
+            for i in 0..<n { L[i] = 0 }
+            return 0
+        }
+        let iscale = -Float(nmax) / signedMax
+        return withUnsafeTemporaryAllocation(of: Int.self, capacity: n) { levels in
+            var sumLX: Float = 0, sumL2: Float = 0
+            for i in 0..<n {
+                let l = max(-nmax, min(nmax - 1, nearest(iscale * x[i])))
+                levels[i] = l
+                let w = x[i] * x[i]
+                sumLX += w * x[i] * Float(l); sumL2 += w * Float(l) * Float(l)
+            }
+            for _ in 0..<5 {
+                var changed = 0
+                for i in 0..<n {
+                    let w = x[i] * x[i]
+                    var slx = sumLX - w * x[i] * Float(levels[i])
+                    guard slx > 0 else { continue }
+                    var sl2 = sumL2 - w * Float(levels[i]) * Float(levels[i])
+                    // bounded before rounding: a tiny slx makes the quotient overflow an Int
+                    let newL = max(-nmax, min(nmax - 1, nearest(max(-64, min(64, x[i] * sl2 / slx)))))
+                    guard newL != levels[i] else { continue }
+                    slx += w * x[i] * Float(newL)
+                    sl2 += w * Float(newL) * Float(newL)
+                    if sl2 > 0 && slx * slx * sumL2 > sumLX * sumLX * sl2 {
+                        levels[i] = newL; sumLX = slx; sumL2 = sl2
+                        changed += 1
+                    }
+                }
+                if changed == 0 { break }
+            }
+            for i in 0..<n { L[i] = UInt8(levels[i] + nmax) }
+            return sumL2 > 0 ? sumLX / sumL2 : 0
+        }
     }
 
     /// `make_qx_quants` with `rmse_type` 1: symmetric levels -nmax..<nmax weighted by x², 19

@@ -122,12 +122,12 @@ import ShoalTokenizer
         // The first tensor record: the name, n_dims, ne[0..<2], then the type.
         let name = Array("output.weight".utf8)
         let at = data.firstRange(of: Data(name))!.upperBound
-        data[at + 4 + 16] = 3  // Q4_1
+        data[at + 4 + 16] = 20  // IQ4_NL
         let folder = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let path = folder + "/damaged.gguf"
         try data.write(to: URL(fileURLWithPath: path))
-        #expect(throws: GGUFError.unsupportedType(file: "damaged.gguf", tensor: "output.weight", type: "Q4_1")) {
+        #expect(throws: GGUFError.unsupportedType(file: "damaged.gguf", tensor: "output.weight", type: "IQ4_NL")) {
             try Engine(folder: path, threads: 1)
         }
     }

@@ -6,7 +6,12 @@ import ShoalTensor
 /// `shoal quantize` (GGUFExport) and `--quantize` at load (Checkpoint): llama.cpp's tensor
 /// types per mix, weights that dequantize close to the source, and the same function either way.
 @Suite(.serialized) struct QuantizeTests {
-    static let mixes: [QuantizationMix] = [.q8_0, .q6_K, .q5_K_M, .q4_K_M, .q4_0]
+    static let mixes: [QuantizationMix] = [.q8_0, .q6_K, .q5_K_M, .q5_1, .q5_0, .q4_K_M, .q4_1, .q4_0, .q3_K_L,
+                                           .q3_K_M, .q3_K_S, .q2_K]
+    /// The mixes the fixtures hold a llama-quantize file of (their summary.json names them).
+    static let fixtureVariants: [QuantizationMix: String] = [
+        .q8_0: "Q8_0", .q6_K: "Q6_K", .q5_K_M: "Q5_K_M", .q4_K_M: "Q4_K_M", .q4_0: "Q4_0",
+    ]
 
     /// A random bf16 Mixtral whose rows hold whole K-quant blocks, written once for the suite.
     static let source: Result<String, Error> = Result {
@@ -26,16 +31,62 @@ import ShoalTensor
     }
 
     /// The type of every tensor is what llama-quantize chose for the same mix of a 2-layer,
-    /// 8-expert model: the fixtures' summary.json records it.
-    @Test(arguments: mixes)
+    /// 8-expert model: the fixtures' summary.json records it. Q4_1, Q5_0 and Q5_1 have no
+    /// fixture file; llama_tensor_get_type treats them as Q4_0 (8-bit attn_k/attn_v, a Q6_K
+    /// output, the base type everywhere else; without an imatrix), so their expected types are
+    /// the Q4_0 file's with Q4_0 replaced by the mix's type.
+    @Test(arguments: [QuantizationMix.q8_0, .q6_K, .q5_K_M, .q5_1, .q5_0, .q4_K_M, .q4_1, .q4_0])
     func tensorTypesAreLlamaCppsMix(mix: QuantizationMix) throws {
         let summary = try JSONSerialization.jsonObject(
             with: Data(contentsOf: URL(fileURLWithPath: try Fixtures.path("gguf/q-small/summary.json")))) as! [String: Any]
-        let variant = ["q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q4_k_m": "Q4_K_M", "q4_0": "Q4_0"][mix.rawValue]!
-        let expected = ((summary["variants"] as! [String: Any])[variant] as! [String: Any])["tensor_types"] as! [String: String]
+        let variant = Self.fixtureVariants[mix] ?? "Q4_0"
+        var expected = ((summary["variants"] as! [String: Any])[variant] as! [String: Any])["tensor_types"] as! [String: String]
+        if Self.fixtureVariants[mix] == nil {
+            expected = expected.mapValues { $0 == "Q4_0" ? mix.rawValue.uppercased() : $0 }
+        }
         let file = try GGUFFile(path: try Self.written(mix))
         #expect(Dictionary(uniqueKeysWithValues: file.tensorList.map { ($0.name, $0.type.rawValue) }) == expected)
         #expect(file["general.file_type"]?.int == Int(mix.fileType))
+    }
+
+    /// Every block tensor of the written file is, byte for byte, what llama-quantize writes
+    /// from the same weights: FNV-1a 64 over those tensors' bytes in name order. Recorded from
+    /// llama-quantize (the llama.cpp of the llama-cpp-python 0.3.36 sdist, no imatrix) run on
+    /// the bf16 GGUF of this suite's source (`shoal synth --dim 256 --hidden 512 --heads 8
+    /// --kv-heads 4 --vocab 512 --layers 2 --dtype bf16 --seed 5`, then `shoal quantize --type
+    /// bf16`). That covers each tensor's type and every block of every quantizer; the
+    /// routers are left out (llama-quantize keeps the source's bf16, Shoal stores float32).
+    static let llamaQuantizeDigests: [QuantizationMix: UInt64] = [
+        .q8_0: 0x08332a730737ad5c, .q6_K: 0x39fe575f3fe93932, .q5_K_M: 0x842bedf628bbbb55,
+        .q5_1: 0xd6098b1e4bac3e86, .q5_0: 0xb356b7c5aa73d047, .q4_K_M: 0xda8f82d44281abae,
+        .q4_1: 0x9473e116fa7e754c, .q4_0: 0x528cb86cdfc168e7, .q3_K_L: 0x65ffeb4d0669c548,
+        .q3_K_M: 0xbb95d04b470d9dfe, .q3_K_S: 0x151740101799b618, .q2_K: 0x0add4cc8aeb17d74,
+    ]
+
+    @Test(arguments: mixes)
+    func blocksAreLlamaQuantizes(mix: QuantizationMix) throws {
+        let file = try GGUFFile(path: try Self.written(mix))
+        var digest: UInt64 = 0xcbf2_9ce4_8422_2325
+        for tensor in file.tensorList.sorted(by: { $0.name < $1.name }) where tensor.type.isQuantized {
+            for byte in file.data(tensor) { digest = (digest ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        }
+        #expect(digest == Self.llamaQuantizeDigests[mix], "\(mix): 0x\(String(digest, radix: 16))")
+    }
+
+    /// `ffn_down`'s type per layer in a 32-layer model, as llama-quantize chose it for the same
+    /// shape (the 8-expert rules that depend on the layer: Q3_K_M's first sixteenth, Q4_K_M's
+    /// and Q5_K_M's use_more_bits; digits are the K-quant's bits).
+    @Test func ffnDownTypesPerLayerAreLlamaCpps() {
+        let recorded: [(QuantizationMix, String)] = [
+            (.q2_K, "33333333333333333333333333333333"), (.q3_K_S, "33333333333333333333333333333333"),
+            (.q3_K_M, "55444444444444444444444444444444"), (.q3_K_L, "55555555555555555555555555555555"),
+            (.q4_K_M, "66664464464464464464464464466666"), (.q5_K_M, "66665565565565565565565565566666"),
+        ]
+        let bits: [DType: Character] = [.q2_K: "2", .q3_K: "3", .q4_K: "4", .q5_K: "5", .q6_K: "6"]
+        for (mix, expected) in recorded {
+            let types = String((0..<32).map { bits[mix.type(for: .expert($0, 0, "w2"), layers: 32)] ?? "?" })
+            #expect(types == expected, "\(mix)")
+        }
     }
 
     /// Quantizing at load computes, bit for bit, what loading the written file computes: the
@@ -57,14 +108,16 @@ import ShoalTensor
 
     /// Every weight of the file, dequantized, against the bf16 source (q/k rows permuted back):
     /// relative RMS error within 1.5× what was measured per type on these uniform random weights
-    /// (Q8_0 0.0038, Q6_K 0.0133, Q5_K 0.0277, Q4_K 0.0547, Q4_0 0.065; F32 exact). A block
-    /// misplaced or a scale misread is an error of order 1.
+    /// (Q8_0 0.0038, Q6_K 0.0133, Q5_K 0.0277, Q5_1 0.0295, Q5_0 0.0313, Q4_K 0.0547, Q4_1
+    /// 0.0609, Q4_0 0.065, Q3_K 0.1254, Q2_K 0.234; F32 exact). A block misplaced or a scale
+    /// misread is an error of order 1.
     @Test(arguments: mixes + [.f32])
     func dequantizedWeightsStayCloseToTheSource(mix: QuantizationMix) throws {
         let source = try Checkpoint(folder: try Self.source.get())
         let file = try Checkpoint(folder: try Self.written(mix))
         let c = source.config
-        let bound: [DType: Double] = [.f32: 0, .q8_0: 0.0057, .q6_K: 0.02, .q5_K: 0.042, .q4_K: 0.082, .q4_0: 0.098]
+        let bound: [DType: Double] = [.f32: 0, .q8_0: 0.0057, .q6_K: 0.02, .q5_K: 0.042, .q5_1: 0.044, .q5_0: 0.047,
+                                      .q4_K: 0.082, .q4_1: 0.091, .q4_0: 0.098, .q3_K: 0.19, .q2_K: 0.35]
         let q = c.heads * c.headDim, kv = c.kvHeads * c.headDim
         var checked = 0
         for (t, rows, cols, heads) in [(TensorName.embedding, c.vocabSize, c.dim, 0), (.output, c.vocabSize, c.dim, 0),

@@ -86,7 +86,7 @@ import ShoalTestSupport
             (["quantize", "--model", tiny, "--type", "q3_k", "--out", out], "q3_k"),
             (["worker", "--model", tiny, "--experts", "0-7", "--quantize", "int3"], "int3"),
             (["demo", "--model", tiny, "--quantized", "q3_k"], "--quantized q3_k: expected none or one of"),
-            (["bench-kernels", "--type", "q3_k"], "--type q3_k: expected bf16, f32, q8_0"),
+            (["bench-kernels", "--type", "iq4_xs"], "--type iq4_xs: expected one of f32, bf16, q8_0"),
             (["bench-kernels", "--type", "q4_k", "--cols", "100"], "--cols 100 is not a whole number of Q4_K blocks"),
         ]
         for (arguments, message) in cases {

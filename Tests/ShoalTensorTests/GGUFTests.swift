@@ -120,8 +120,8 @@ import Testing
         var version = tiny.bytes
         version[4] = 4
         #expect(throws: GGUFError.unsupportedVersion(file: "t", version: 4)) { try parse(version) }
-        tiny.secondType = 3  // Q4_1
-        #expect(throws: GGUFError.unsupportedType(file: "t", tensor: "b.weight", type: "Q4_1")) { try parse(tiny.bytes) }
+        tiny.secondType = 20  // IQ4_NL
+        #expect(throws: GGUFError.unsupportedType(file: "t", tensor: "b.weight", type: "IQ4_NL")) { try parse(tiny.bytes) }
         tiny = TinyGGUF()
         tiny.secondOffset = 40  // not a multiple of 32
         #expect(throws: GGUFError.badOffset(file: "t", tensor: "b.weight", detail: "offset 40 is not a multiple of the alignment 32")) {

@@ -21,8 +21,9 @@ enum {
 };
 
 /// Weight storage types (`shoal_gemv`, `shoal_gemm`, `shoal_dequantize`). The block types are
-/// ggml's (`ggml-common.h`): Q8_0 34 bytes / 32 weights, Q4_0 18 / 32, Q4_K 144 / 256,
-/// Q5_K 176 / 256, Q6_K 210 / 256; rows hold whole blocks.
+/// ggml's (`ggml-common.h`): Q8_0 34 bytes / 32 weights, Q4_0 18 / 32, Q4_1 20 / 32,
+/// Q5_0 22 / 32, Q5_1 24 / 32, Q2_K 84 / 256, Q3_K 110 / 256, Q4_K 144 / 256, Q5_K 176 / 256,
+/// Q6_K 210 / 256; rows hold whole blocks.
 enum {
     SHOAL_W_F32 = 0,
     SHOAL_W_BF16 = 1,
@@ -31,6 +32,11 @@ enum {
     SHOAL_W_Q4_K = 4,
     SHOAL_W_Q5_K = 5,
     SHOAL_W_Q6_K = 6,
+    SHOAL_W_Q4_1 = 7,
+    SHOAL_W_Q5_0 = 8,
+    SHOAL_W_Q5_1 = 9,
+    SHOAL_W_Q2_K = 10,
+    SHOAL_W_Q3_K = 11,
 };
 
 /// Rows a kernel call should start on a multiple of (counting from row 0) for full tiles.
