@@ -6,8 +6,8 @@ import ShoalTensor
 /// `shoal quantize` (GGUFExport) and `--quantize` at load (Checkpoint): llama.cpp's tensor
 /// types per mix, weights that dequantize close to the source, and the same function either way.
 @Suite(.serialized) struct QuantizeTests {
-    static let mixes: [QuantizationMix] = [.q8_0, .q6_K, .q5_K_M, .q5_1, .q5_0, .q4_K_M, .q4_1, .q4_0, .q3_K_L,
-                                           .q3_K_M, .q3_K_S, .q2_K]
+    static let mixes: [QuantizationMix] = [.q8_0, .q6_K, .q5_K_M, .q5_K_S, .q5_1, .q5_0, .q4_K_M, .q4_K_S, .q4_1, .q4_0,
+                                           .q3_K_L, .q3_K_M, .q3_K_S, .q2_K]
     /// The mixes the fixtures hold a llama-quantize file of (their summary.json names them).
     static let fixtureVariants: [QuantizationMix: String] = [
         .q8_0: "Q8_0", .q6_K: "Q6_K", .q5_K_M: "Q5_K_M", .q4_K_M: "Q4_K_M", .q4_0: "Q4_0",
@@ -61,6 +61,7 @@ import ShoalTensor
         .q5_1: 0xd6098b1e4bac3e86, .q5_0: 0xb356b7c5aa73d047, .q4_K_M: 0xda8f82d44281abae,
         .q4_1: 0x9473e116fa7e754c, .q4_0: 0x528cb86cdfc168e7, .q3_K_L: 0x65ffeb4d0669c548,
         .q3_K_M: 0xbb95d04b470d9dfe, .q3_K_S: 0x151740101799b618, .q2_K: 0x0add4cc8aeb17d74,
+        .q5_K_S: 0xa41854029073f1e2, .q4_K_S: 0xb8cfffc6f6ca43de,
     ]
 
     @Test(arguments: mixes)
@@ -74,13 +75,14 @@ import ShoalTensor
     }
 
     /// `ffn_down`'s type per layer in a 32-layer model, as llama-quantize chose it for the same
-    /// shape (the 8-expert rules that depend on the layer: Q3_K_M's first sixteenth, Q4_K_M's
-    /// and Q5_K_M's use_more_bits; digits are the K-quant's bits).
+    /// shape (the 8-expert rules that depend on the layer: Q3_K_M's first sixteenth, Q4_K_S's
+    /// first eighth, Q4_K_M's and Q5_K_M's use_more_bits; digits are the K-quant's bits).
     @Test func ffnDownTypesPerLayerAreLlamaCpps() {
         let recorded: [(QuantizationMix, String)] = [
             (.q2_K, "33333333333333333333333333333333"), (.q3_K_S, "33333333333333333333333333333333"),
             (.q3_K_M, "55444444444444444444444444444444"), (.q3_K_L, "55555555555555555555555555555555"),
             (.q4_K_M, "66664464464464464464464464466666"), (.q5_K_M, "66665565565565565565565565566666"),
+            (.q4_K_S, "55554444444444444444444444444444"), (.q5_K_S, "55555555555555555555555555555555"),
         ]
         let bits: [DType: Character] = [.q2_K: "2", .q3_K: "3", .q4_K: "4", .q5_K: "5", .q6_K: "6"]
         for (mix, expected) in recorded {

@@ -84,8 +84,8 @@ try:
     # The 32-weight types' blocks must be ggml's reference quantizer's, byte for byte: gguf-py's
     # quantize() is a numpy port of quantize_row_q4_1_ref and its kin.
     reference_quantizer = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
-    for mix in ["f32", "q8_0", "q6_k", "q5_k_m", "q5_1", "q5_0", "q4_k_m", "q4_1", "q4_0", "q3_k_l", "q3_k_m", "q3_k_s",
-                "q2_k"]:
+    for mix in ["f32", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s", "q4_1", "q4_0", "q3_k_l",
+                "q3_k_m", "q3_k_s", "q2_k"]:
         path = f"{work}/model.{mix}.gguf"
         subprocess.run([shoal, "quantize", "--model", model, "--type", mix, "--out", path], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -232,5 +232,5 @@ finally:
     shutil.rmtree(work, ignore_errors=True)
 
 print(f"test_gguf: {len(failures)} failures" if failures
-      else "test_gguf: 13 mixes read back by gguf-py, 10 block types read as gguf-py reads them, splits read")
+      else "test_gguf: 15 mixes read back by gguf-py, 10 block types read as gguf-py reads them, splits read")
 sys.exit(1 if failures else 0)
