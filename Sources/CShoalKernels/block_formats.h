@@ -84,22 +84,31 @@ INLINE void decode_head(int wt, const uint8_t *b, block_head *h) {
         h->a[1] = half_to_float(load_u16(b + 2));
         break;
     case SHOAL_W_Q2_K: {  // scales[16] (scale j in the low nibble, min j in the high), qs[64], d, dmin
-        const float d = half_to_float(load_u16(b + 80)), dmin = half_to_float(load_u16(b + 82));
-        for (int j = 0; j < 16; j++) {
-            h->a[j] = d * (float)(b[j] & 15);
-            h->a[16 + j] = dmin * (float)(b[j] >> 4);
-        }
+        typedef uint8_t u8x16 __attribute__((ext_vector_type(16)));
+        typedef float f16v __attribute__((ext_vector_type(16)));
+        u8x16 sc;
+        __builtin_memcpy(&sc, b, sizeof sc);
+        f16v a = __builtin_convertvector(sc & 15, f16v) * half_to_float(load_u16(b + 80));
+        f16v m = __builtin_convertvector(sc >> 4, f16v) * half_to_float(load_u16(b + 82));
+        __builtin_memcpy(h->a, &a, sizeof a);
+        __builtin_memcpy(h->a + 16, &m, sizeof m);
         break;
     }
     case SHOAL_W_Q3_K: {  // hmask[32], qs[64], scales[12], d
         // 16 six-bit scales: the low 4 bits of scale j are the low (j < 8) or high (j >= 8)
-        // nibble of byte j % 8, its top 2 bits are bits 2·(j / 4) of byte 8 + j % 4.
-        const uint8_t *sc = b + 96;
-        const float d = half_to_float(load_u16(b + 108));
-        for (int j = 0; j < 16; j++) {
-            const int low = j < 8 ? sc[j] & 15 : sc[j - 8] >> 4, top = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
-            h->a[j] = d * (float)((low | top << 4) - 32);
-        }
+        // nibble of byte j % 8, its top 2 bits are bits 2·(j / 4) of byte 8 + j % 4. Unpacked
+        // 4 bytes at a time, as ggml's kmask1/kmask2 steps do: a 32-bit shift moves the wanted
+        // bits of all four bytes together, and the mask drops what spilled from the next byte.
+        typedef uint32_t u32x4 __attribute__((ext_vector_type(4)));
+        typedef int8_t i8x16 __attribute__((ext_vector_type(16)));
+        typedef float f16v __attribute__((ext_vector_type(16)));
+        uint32_t word[3];
+        __builtin_memcpy(word, b + 96, 12);
+        const u32x4 low = (u32x4){word[0], word[1], word[0] >> 4, word[1] >> 4} & 0x0F0F0F0F;
+        const u32x4 top = ((u32x4)word[2] >> (u32x4){0, 2, 4, 6}) & 0x03030303;
+        i8x16 scale = (i8x16)(low | top << 4) - 32;
+        f16v a = __builtin_convertvector(scale, f16v) * half_to_float(load_u16(b + 108));
+        __builtin_memcpy(h->a, &a, sizeof a);
         break;
     }
     case SHOAL_W_Q4_K:
@@ -365,6 +374,74 @@ INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, int T, const 
             UNROLL for (int j = 0; j < 4; j++) acc[i * T] += wv[j] * xs[j];
             UNROLL for (int t = 1; t < T; t++)
                 UNROLL for (int j = 0; j < 4; j++) acc[i * T + t] += wv[j] * load_f32(x + t * ldx + 64 * c + 16 * j);
+        }
+    }
+}
+#endif
+
+#if SHOAL_VW == 16 && defined(__x86_64__)
+// Q2_K and Q3_K blocks of S rows (`step` bytes apart) times T tokens (x + t·ldx) into their
+// accumulators (acc[i·T + t]), AVX-512, as q4K_block_avx512 does Q4_K: each 16-weight
+// sub-block's possible weights are computed once as a table and the weights' bits pick from it
+// (vpermps reads the low 4 bits of each index). Q2_K's table holds d·scale·q − dmin·min for
+// q = i & 3 (one FMA: the product is exact, so one rounding, block_vec's bits); a weight's 2
+// bits are shifted to the bottom of its byte widened to 32 bits, and the plane above lands in
+// index bits 2-3, which the table ignores. Q3_K's holds d·scale·(q − 4 + 4·high) for q | high
+// << 2 = i & 7 (an exact product, as block_vec's), the high bit moved from hmask to index bit
+// 2. Each row's bytes are widened once per half and shifted per plane; the weights are taken
+// in column order, so every sum rounds as the float kernel's does.
+INLINE void q2K_block_avx512(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
+                             size_t ldx, vf *acc) {
+    const __m512 plane_levels = _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+    UNROLL for (int half = 0; half < 2; half++) {
+        __m512i q[GEMV_STREAMS][2];  // qs bytes 32·half + 0-15 and 16-31 of each row, widened
+        UNROLL for (int i = 0; i < S; i++)
+            UNROLL for (int c = 0; c < 2; c++)
+                q[i][c] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 16 + 32 * half + 16 * c)));
+        UNROLL for (int plane = 0; plane < 4; plane++) {
+            UNROLL for (int c = 0; c < 2; c++) {
+                const int sub = 8 * half + 2 * plane + c, col = 128 * half + 32 * plane + 16 * c;
+                vf xs = load_f32(x + col);  // the first token's, for all rows
+                UNROLL for (int i = 0; i < S; i++) {
+                    const __m512 table = _mm512_fmsub_ps(plane_levels, _mm512_set1_ps(head[i].a[sub]),
+                                                         _mm512_set1_ps(head[i].a[16 + sub]));
+                    vf wv = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(q[i][c], 2 * plane), table);
+                    acc[i * T] += wv * xs;
+                    UNROLL for (int t = 1; t < T; t++) acc[i * T + t] += wv * load_f32(x + t * ldx + col);
+                }
+            }
+        }
+    }
+}
+
+INLINE void q3K_block_avx512(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
+                             size_t ldx, vf *acc) {
+    const __m512 levels = _mm512_setr_ps(-4, -3, -2, -1, 0, 1, 2, 3, -4, -3, -2, -1, 0, 1, 2, 3);
+    const __m512i low = _mm512_set1_epi32(3);
+    __m512i high[GEMV_STREAMS][2];  // hmask bytes 0-15 and 16-31 of each row, widened
+    UNROLL for (int i = 0; i < S; i++)
+        UNROLL for (int c = 0; c < 2; c++)
+            high[i][c] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 16 * c)));
+    UNROLL for (int half = 0; half < 2; half++) {
+        __m512i q[GEMV_STREAMS][2];  // qs bytes 32·half + 0-15 and 16-31 of each row, widened
+        UNROLL for (int i = 0; i < S; i++)
+            UNROLL for (int c = 0; c < 2; c++)
+                q[i][c] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 32 + 32 * half + 16 * c)));
+        UNROLL for (int plane = 0; plane < 4; plane++) {
+            const int bit = 4 * half + plane;  // of hmask, moved to index bit 2
+            UNROLL for (int c = 0; c < 2; c++) {
+                const int sub = 8 * half + 2 * plane + c, col = 128 * half + 32 * plane + 16 * c;
+                vf xs = load_f32(x + col);  // the first token's, for all rows
+                UNROLL for (int i = 0; i < S; i++) {
+                    const __m512 table = _mm512_mul_ps(levels, _mm512_set1_ps(head[i].a[sub]));
+                    __m512i h = bit >= 2 ? _mm512_srli_epi32(high[i][c], bit - 2) : _mm512_slli_epi32(high[i][c], 2 - bit);
+                    __m512i index = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(q[i][c], 2 * plane), low),
+                                                    _mm512_andnot_si512(low, h));
+                    vf wv = (vf)_mm512_permutexvar_ps(index, table);
+                    acc[i * T] += wv * xs;
+                    UNROLL for (int t = 1; t < T; t++) acc[i * T + t] += wv * load_f32(x + t * ldx + col);
+                }
+            }
         }
     }
 }

@@ -227,7 +227,7 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
             else
 #endif
                 UNROLL for (int i = 0; i < S; i++) decode_head(wt, w + i * step + offset, &head[i]);
-            if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q6_K) keep_in_memory(head);
+            if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q6_K || wt == SHOAL_W_Q2_K || wt == SHOAL_W_Q3_K) keep_in_memory(head);
             if (wt == SHOAL_W_Q6_K) {
 #if SHOAL_VW == 16 && defined(__x86_64__)
                 q6K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
@@ -239,6 +239,14 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
 #if SHOAL_VW == 16 && defined(__x86_64__)
             if (wt == SHOAL_W_Q4_K) {
                 q4K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
+                continue;
+            }
+            if (wt == SHOAL_W_Q2_K) {
+                q2K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
+                continue;
+            }
+            if (wt == SHOAL_W_Q3_K) {
+                q3K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
                 continue;
             }
 #endif
