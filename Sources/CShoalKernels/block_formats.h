@@ -380,7 +380,7 @@ INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, int T, const 
 #endif
 
 #if SHOAL_VW == 16 && defined(__x86_64__)
-// Q2_K and Q3_K blocks of S rows (`step` bytes apart) times T tokens (x + t·ldx) into their
+// Q2_K or Q3_K (wt) blocks of S rows (`step` bytes apart) times T tokens (x + t·ldx) into their
 // accumulators (acc[i·T + t]), AVX-512, as q4K_block_avx512 does Q4_K: each 16-weight
 // sub-block's possible weights are computed once as a table and the weights' bits pick from it
 // (vpermps reads the low 4 bits of each index). Q2_K's table holds d·scale·q − dmin·min for
@@ -390,53 +390,40 @@ INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, int T, const 
 // << 2 = i & 7 (an exact product, as block_vec's), the high bit moved from hmask to index bit
 // 2. Each row's bytes are widened once per half and shifted per plane; the weights are taken
 // in column order, so every sum rounds as the float kernel's does.
-INLINE void q2K_block_avx512(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
-                             size_t ldx, vf *acc) {
-    const __m512 plane_levels = _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
-    UNROLL for (int half = 0; half < 2; half++) {
-        __m512i q[GEMV_STREAMS][2];  // qs bytes 32·half + 0-15 and 16-31 of each row, widened
-        UNROLL for (int i = 0; i < S; i++)
-            UNROLL for (int c = 0; c < 2; c++)
-                q[i][c] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 16 + 32 * half + 16 * c)));
-        UNROLL for (int plane = 0; plane < 4; plane++) {
-            UNROLL for (int c = 0; c < 2; c++) {
-                const int sub = 8 * half + 2 * plane + c, col = 128 * half + 32 * plane + 16 * c;
-                vf xs = load_f32(x + col);  // the first token's, for all rows
-                UNROLL for (int i = 0; i < S; i++) {
-                    const __m512 table = _mm512_fmsub_ps(plane_levels, _mm512_set1_ps(head[i].a[sub]),
-                                                         _mm512_set1_ps(head[i].a[16 + sub]));
-                    vf wv = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(q[i][c], 2 * plane), table);
-                    acc[i * T] += wv * xs;
-                    UNROLL for (int t = 1; t < T; t++) acc[i * T + t] += wv * load_f32(x + t * ldx + col);
-                }
-            }
-        }
-    }
-}
-
-INLINE void q3K_block_avx512(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
-                             size_t ldx, vf *acc) {
-    const __m512 levels = _mm512_setr_ps(-4, -3, -2, -1, 0, 1, 2, 3, -4, -3, -2, -1, 0, 1, 2, 3);
+INLINE void planes_block_avx512(int wt, const uint8_t *w, size_t step, int S, int T, const block_head *head,
+                                const float *x, size_t ldx, vf *acc) {
+    const int three = wt == SHOAL_W_Q3_K;
+    const __m512 levels = three ? _mm512_setr_ps(-4, -3, -2, -1, 0, 1, 2, 3, -4, -3, -2, -1, 0, 1, 2, 3)
+                                : _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
     const __m512i low = _mm512_set1_epi32(3);
-    __m512i high[GEMV_STREAMS][2];  // hmask bytes 0-15 and 16-31 of each row, widened
-    UNROLL for (int i = 0; i < S; i++)
-        UNROLL for (int c = 0; c < 2; c++)
-            high[i][c] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 16 * c)));
+    const size_t planes = three ? 32 : 16;  // where qs starts
+    __m512i high[GEMV_STREAMS][2];  // Q3_K: hmask bytes 0-15 and 16-31 of each row, widened
+    if (three)
+        UNROLL for (int i = 0; i < S; i++)
+            UNROLL for (int c = 0; c < 2; c++)
+                high[i][c] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 16 * c)));
     UNROLL for (int half = 0; half < 2; half++) {
         __m512i q[GEMV_STREAMS][2];  // qs bytes 32·half + 0-15 and 16-31 of each row, widened
         UNROLL for (int i = 0; i < S; i++)
             UNROLL for (int c = 0; c < 2; c++)
-                q[i][c] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 32 + 32 * half + 16 * c)));
+                q[i][c] = _mm512_cvtepu8_epi32(
+                    _mm_loadu_si128((const __m128i *)(w + i * step + planes + 32 * half + 16 * c)));
         UNROLL for (int plane = 0; plane < 4; plane++) {
-            const int bit = 4 * half + plane;  // of hmask, moved to index bit 2
+            const int bit = 4 * half + plane;  // Q3_K: of hmask, moved to index bit 2
             UNROLL for (int c = 0; c < 2; c++) {
                 const int sub = 8 * half + 2 * plane + c, col = 128 * half + 32 * plane + 16 * c;
                 vf xs = load_f32(x + col);  // the first token's, for all rows
                 UNROLL for (int i = 0; i < S; i++) {
-                    const __m512 table = _mm512_mul_ps(levels, _mm512_set1_ps(head[i].a[sub]));
-                    __m512i h = bit >= 2 ? _mm512_srli_epi32(high[i][c], bit - 2) : _mm512_slli_epi32(high[i][c], 2 - bit);
-                    __m512i index = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(q[i][c], 2 * plane), low),
-                                                    _mm512_andnot_si512(low, h));
+                    __m512i index = _mm512_srli_epi32(q[i][c], 2 * plane);
+                    __m512 table;
+                    if (three) {
+                        __m512i h = bit >= 2 ? _mm512_srli_epi32(high[i][c], bit - 2)
+                                             : _mm512_slli_epi32(high[i][c], 2 - bit);
+                        index = _mm512_or_si512(_mm512_and_si512(index, low), _mm512_andnot_si512(low, h));
+                        table = _mm512_mul_ps(levels, _mm512_set1_ps(head[i].a[sub]));
+                    } else {
+                        table = _mm512_fmsub_ps(levels, _mm512_set1_ps(head[i].a[sub]), _mm512_set1_ps(head[i].a[16 + sub]));
+                    }
                     vf wv = (vf)_mm512_permutexvar_ps(index, table);
                     acc[i * T] += wv * xs;
                     UNROLL for (int t = 1; t < T; t++) acc[i * T + t] += wv * load_f32(x + t * ldx + col);

@@ -241,12 +241,8 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
                 q4K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
                 continue;
             }
-            if (wt == SHOAL_W_Q2_K) {
-                q2K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
-                continue;
-            }
-            if (wt == SHOAL_W_Q3_K) {
-                q3K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
+            if (wt == SHOAL_W_Q2_K || wt == SHOAL_W_Q3_K) {
+                planes_block_avx512(wt, w + offset, step, S, T, head, x + k, ldx, acc);
                 continue;
             }
 #endif
