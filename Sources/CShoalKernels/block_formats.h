@@ -434,6 +434,55 @@ INLINE void planes_block_avx512(int wt, const uint8_t *w, size_t step, int S, in
 }
 #endif
 
+#if SHOAL_VW == 16 && defined(__x86_64__)
+// Q4_0, Q4_1, Q5_0 or Q5_1 (wt) blocks of S rows (`step` bytes apart) times T tokens into
+// their accumulators, AVX-512, with tables as Q4_K's: a block's 16 (4-bit) or 32 (5-bit)
+// possible weights are computed once per row, d·(q − 8) or d·(q − 16) by one exact multiply,
+// d·q + m by one FMA (the product is exact, so one rounding: block_vec's bits), and the bytes,
+// widened to 32 bits, pick from them: vpermps reads the low 4 bits of each index (the high
+// nibble is shifted down), vpermt2ps 5 bits from two tables, the fifth bits set from qh by a
+// mask. Weights 0-15 before 16-31, as the float kernel sums them.
+INLINE void legacy_block_avx512(int wt, const uint8_t *w, size_t step, int S, int T, const block_head *head,
+                                const float *x, size_t ldx, vf *acc) {
+    const int five = wt == SHOAL_W_Q5_0 || wt == SHOAL_W_Q5_1, offset = wt == SHOAL_W_Q4_1 || wt == SHOAL_W_Q5_1;
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    // where qs starts: after d (Q4_0), d and m (Q4_1), d and qh (Q5_0), d, m and qh (Q5_1)
+    const size_t qs = wt == SHOAL_W_Q4_0 ? 2 : wt == SHOAL_W_Q4_1 ? 4 : wt == SHOAL_W_Q5_0 ? 6 : 8;
+    const vf xs[2] = {load_f32(x), load_f32(x + 16)};  // the first token's, for all rows
+    UNROLL for (int i = 0; i < S; i++) {
+        const uint8_t *b = w + i * step;
+        const __m512 d = _mm512_set1_ps(head[i].a[0]);
+        __m512 low, high;  // the weights of q = 0-15 and, for 5 bits, 16-31
+        if (offset) {
+            low = _mm512_fmadd_ps(iota, d, _mm512_set1_ps(head[i].a[1]));
+            high = _mm512_fmadd_ps(_mm512_add_ps(iota, _mm512_set1_ps(16)), d, _mm512_set1_ps(head[i].a[1]));
+        } else {
+            const float centre = five ? 16 : 8;
+            low = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(centre)), d);
+            high = _mm512_mul_ps(_mm512_add_ps(iota, _mm512_set1_ps(16 - centre)), d);
+        }
+        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + qs)));
+        __m512i index[2] = {q, _mm512_srli_epi32(q, 4)};
+        vf wv[2];
+        if (five) {
+            const uint32_t qh = load_u32(b + qs - 4);
+            const __m512i fifth = _mm512_set1_epi32(16);
+            UNROLL for (int c = 0; c < 2; c++) {
+                index[c] = _mm512_mask_or_epi32(_mm512_and_si512(index[c], _mm512_set1_epi32(15)),
+                                                (__mmask16)(qh >> (16 * c)), index[c], fifth);
+                wv[c] = (vf)_mm512_permutex2var_ps(low, index[c], high);
+            }
+        } else {
+            UNROLL for (int c = 0; c < 2; c++) wv[c] = (vf)_mm512_permutexvar_ps(index[c], low);
+        }
+        UNROLL for (int c = 0; c < 2; c++) {
+            acc[i * T] += wv[c] * xs[c];
+            UNROLL for (int t = 1; t < T; t++) acc[i * T + t] += wv[c] * load_f32(x + t * ldx + 16 * c);
+        }
+    }
+}
+#endif
+
 // out[0 ..< kc] = weights k0 ..< k0 + kc of the block-format row starting at `row` (k0 and kc
 // whole blocks), each block's head decoded once: the values block_vec gives.
 INLINE void dequantize_span(const uint8_t *row, int wt, size_t k0, size_t kc, float *out) {

@@ -245,6 +245,10 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
                 planes_block_avx512(wt, w + offset, step, S, T, head, x + k, ldx, acc);
                 continue;
             }
+            if (wt == SHOAL_W_Q4_0 || wt == SHOAL_W_Q4_1 || wt == SHOAL_W_Q5_0 || wt == SHOAL_W_Q5_1) {
+                legacy_block_avx512(wt, w + offset, step, S, T, head, x + k, ldx, acc);
+                continue;
+            }
 #endif
             UNROLL for (size_t o = 0; o < qk; o += VW) {
                 vf xk = load_f32(x + k + o);  // the first token's, for all rows
