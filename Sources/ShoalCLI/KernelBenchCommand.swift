@@ -24,8 +24,9 @@ struct KernelBenchCommand: ParsableCommand {
     @Option(name: .customLong("type"), help: "Weight type: \(Self.typeNames).") var typeName = "bf16"
 
     /// Every type a matrix can hold in memory (f16 is widened to f32 at load).
-    static let typeNames = DType.allCases.filter { $0 != .f16 }.map { $0.rawValue.lowercased() }.joined(separator: ", ")
-    var type: DType? { DType.allCases.first { $0.rawValue.lowercased() == typeName.lowercased() && $0 != .f16 } }
+    static let types = DType.allCases.filter { $0 != .f16 }
+    static let typeNames = types.map { $0.rawValue.lowercased() }.joined(separator: ", ")
+    var type: DType? { Self.types.first { $0.rawValue.lowercased() == typeName.lowercased() } }
 
     func validate() throws {
         guard rows >= 1, cols >= 1, matrices >= 1, threads >= 1, repeats >= 1 else {

@@ -33,7 +33,7 @@ public enum GGUFError: Error, CustomStringConvertible, Equatable {
         case let .truncated(file, detail): return "\(file): truncated: \(detail)"
         case let .malformed(file, detail): return "\(file): malformed GGUF: \(detail)"
         case let .unsupportedType(file, tensor, type):
-            return "\(file): tensor \(tensor) has type \(type); Shoal computes with F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K"
+            return "\(file): tensor \(tensor) has type \(type); Shoal computes with \(DType.allCases.map(\.rawValue).joined(separator: ", "))"
         case let .badOffset(file, tensor, detail): return "\(file): tensor \(tensor): \(detail)"
         }
     }
@@ -150,24 +150,8 @@ public final class GGUFFile: @unchecked Sendable {
 
 /// ggml type ids (`enum ggml_type`) by name, for the ones Shoal reads and for naming the others.
 enum GGMLType {
-    static func dtype(_ id: UInt32) -> DType? {
-        switch id {
-        case 0: return .f32
-        case 1: return .f16
-        case 2: return .q4_0
-        case 3: return .q4_1
-        case 6: return .q5_0
-        case 7: return .q5_1
-        case 8: return .q8_0
-        case 10: return .q2_K
-        case 11: return .q3_K
-        case 12: return .q4_K
-        case 13: return .q5_K
-        case 14: return .q6_K
-        case 30: return .bf16
-        default: return nil
-        }
-    }
+    /// The Shoal type of ggml type `id`, if Shoal reads it (the inverse of `id(_:)`).
+    static func dtype(_ id: UInt32) -> DType? { DType.allCases.first { Self.id($0) == id } }
 
     static func id(_ dtype: DType) -> UInt32 {
         switch dtype {

@@ -45,8 +45,7 @@ public enum Quantizer {
     }
 
     static func q4_0(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
-        var amax: Float = 0, signedMax: Float = 0
-        for j in 0..<32 where amax < abs(x[j]) { amax = abs(x[j]); signedMax = x[j] }
+        let (_, signedMax) = largestMagnitude(x, count: 32)
         let d = signedMax / -8, id = d != 0 ? 1 / d : 0
         y.storeBytes(of: Float16(d).bitPattern, as: UInt16.self)
         func level(_ v: Float) -> UInt8 { UInt8(min(15, Int8(clamping: Int((v * id + 8.5).rounded(.towardZero))))) }
@@ -63,8 +62,7 @@ public enum Quantizer {
 
     /// `quantize_row_q5_0_ref`: Q4_0's scheme with 32 levels, the fifth bits gathered in `qh`.
     static func q5_0(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
-        var amax: Float = 0, signedMax: Float = 0
-        for j in 0..<32 where amax < abs(x[j]) { amax = abs(x[j]); signedMax = x[j] }
+        let (_, signedMax) = largestMagnitude(x, count: 32)
         let d = signedMax / -16, id = d != 0 ? 1 / d : 0
         y.storeBytes(of: Float16(d).bitPattern, as: UInt16.self)
         storeFiveBits({ UInt8(min(31, Int8(clamping: Int((x[$0] * id + 16.5).rounded(.towardZero))))) }, at: y + 2)
@@ -294,6 +292,14 @@ public enum Quantizer {
 
     // MARK: - Scale searches
 
+    /// The largest |x[i]| and the x[i] it belongs to (the first of equals), as ggml's symmetric
+    /// quantizers find their scale's sign.
+    static func largestMagnitude(_ x: UnsafePointer<Float>, count n: Int) -> (Float, Float) {
+        var amax: Float = 0, signedMax: Float = 0
+        for i in 0..<n where abs(x[i]) > amax { amax = abs(x[i]); signedMax = x[i] }
+        return (amax, signedMax)
+    }
+
     /// ggml's `nearest_int`: round half to even.
     @inline(__always)
     static func nearest(_ v: Float) -> Int { Int(v.rounded(.toNearestOrEven)) }
@@ -357,8 +363,7 @@ public enum Quantizer {
     /// levels + nmax to `L` and returns the scale.
     static func makeQ3(_ x: UnsafePointer<Float>, nmax: Int, into L: UnsafeMutablePointer<UInt8>) -> Float {
         let n = 16
-        var amax: Float = 0, signedMax: Float = 0
-        for i in 0..<n where abs(x[i]) > amax { amax = abs(x[i]); signedMax = x[i] }
+        let (amax, signedMax) = largestMagnitude(x, count: n)
         guard amax >= 1e-15 else {
             for i in 0..<n { L[i] = 0 }
             return 0
@@ -400,8 +405,7 @@ public enum Quantizer {
     /// scales tried; returns the scale (Q6_K recomputes the levels from the stored scales).
     static func makeQX(_ x: UnsafePointer<Float>, nmax: Int) -> Float {
         let n = 16
-        var amax: Float = 0, signedMax: Float = 0
-        for i in 0..<n where abs(x[i]) > amax { amax = abs(x[i]); signedMax = x[i] }
+        let (amax, signedMax) = largestMagnitude(x, count: n)
         guard amax >= 1e-15 else { return 0 }
         func sums(_ iscale: Float) -> (Float, Float) {
             var sumLX: Float = 0, sumL2: Float = 0

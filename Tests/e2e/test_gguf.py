@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 import serve  # Tests/e2e/serve.py: processes on loopback, killed at exit
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize, quantize
 
 shoal = sys.argv[1]
@@ -149,7 +149,6 @@ try:
     # Where each K-quant keeps its binary16 d (and dmin), and the average |weight| per unit of it.
     scale_at = {"Q2_K": ((80, 11.0), (82, 40.0)), "Q3_K": ((108, 32.0),), "Q4_K": ((0, 232.0), (2, 900.0)),
                 "Q5_K": ((0, 480.0), (2, 1800.0)), "Q6_K": ((208, 1024.0),)}
-    block_bytes = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
     for kind in ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]:
         qtype = GGMLQuantizationType[kind]
         quantized, twin = f"{work}/types.{kind}.gguf", f"{work}/types.{kind}.f32.gguf"
@@ -164,11 +163,12 @@ try:
                 continue
             cols = data.shape[-1]
             if kind in scale_at:
-                blocks = rng.integers(0, 256, size=(data.size // 256, block_bytes[kind]), dtype=np.uint8)
+                block_bytes = GGML_QUANT_SIZES[qtype][1]
+                blocks = rng.integers(0, 256, size=(data.size // 256, block_bytes), dtype=np.uint8)
                 for offset, per_weight in scale_at[kind]:
                     d = (rng.uniform(0.5, 1.5, size=len(blocks)) / (per_weight * np.sqrt(cols))).astype(np.float16)
                     blocks[:, offset:offset + 2] = d.view(np.uint8).reshape(-1, 2)
-                blocks = blocks.reshape(*data.shape[:-1], cols // 256 * block_bytes[kind])
+                blocks = blocks.reshape(*data.shape[:-1], cols // 256 * block_bytes)
             else:
                 blocks = quantize(data.astype(np.float32), qtype)
             wq.add_tensor(t.name, blocks, raw_dtype=qtype)
