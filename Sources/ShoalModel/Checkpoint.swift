@@ -212,7 +212,8 @@ public final class Checkpoint: @unchecked Sendable {
         }
         let out = UnsafeMutableRawPointer.allocate(byteCount: max(1, source.rows * target.rowBytes(source.cols)), alignment: 64)
         owned.append(out)
-        GGUFExport.quantizeRows(of: source, 0..<source.rows, permutingHeads: heads, to: target, into: out, pool: quantizingPool)
+        try GGUFExport.quantizeRows(of: source, 0..<source.rows, permutingHeads: heads, to: target, into: out,
+                                    pool: quantizingPool, tensor: name, file: folder)
         stored.dontNeed()
         return Matrix(dtype: target, rows: source.rows, cols: source.cols, base: UnsafeRawPointer(out))
     }

@@ -64,8 +64,8 @@ public enum GGUFExport {
                 defer { out.deallocate() }
                 for start in stride(from: 0, to: rows, by: chunkRows) {
                     let n = min(chunkRows, rows - start)
-                    quantizeRows(of: m, start..<(start + n), permutingHeads: p.permuteHeads, to: p.tensor.type,
-                                 into: out, pool: pool)
+                    try quantizeRows(of: m, start..<(start + n), permutingHeads: p.permuteHeads, to: p.tensor.type,
+                                     into: out, pool: pool, tensor: checkpoint.layout.name(source), file: checkpoint.folder)
                     try writer.write(UnsafeRawBufferPointer(start: out, count: n * rowBytes))
                     done += n * rowBytes
                     step()
@@ -78,20 +78,39 @@ public enum GGUFExport {
     }
 
     /// Rows `rows` of `m` (each moved from `sourceRow` when `permutingHeads` is given)
-    /// quantized to `type` into `out`, one row after another, split across `pool`.
+    /// quantized to `type` into `out`, one row after another, split across `pool`. A row with
+    /// NaN or infinite weights, or one whose stored form does not dequantize to finite weights
+    /// (values past what a block's binary16 scale holds), is refused with the first such row
+    /// of `tensor` (`file` the source): llama.cpp would write it and fail at inference.
     static func quantizeRows(of m: Matrix, _ rows: Range<Int>, permutingHeads heads: Int?, to type: DType,
-                             into out: UnsafeMutableRawPointer, pool: ComputePool) {
+                             into out: UnsafeMutableRawPointer, pool: ComputePool, tensor: String, file: String) throws {
         let rowBytes = type.rowBytes(m.cols), n = rows.count
         let parts = min(n, pool.threadCount * ComputePool.chunksPerThread)
         guard parts > 0 else { return }
+        // each part's first refused row, n for none
+        let refused = UnsafeMutableBufferPointer<Int>.allocate(capacity: parts)
+        refused.initialize(repeating: n)
+        defer { refused.deallocate() }
         pool.parallelFor(parts) { part in
-            let row = UnsafeMutablePointer<Float>.allocate(capacity: m.cols)
+            let row = UnsafeMutableBufferPointer<Float>.allocate(capacity: m.cols)
             defer { row.deallocate() }
             for i in (n * part / parts)..<(n * (part + 1) / parts) {
-                m.copyRow(sourceRow(rows.lowerBound + i, heads: heads, rows: m.rows), into: row)
-                Quantizer.quantize(type, row, count: m.cols, into: out + i * rowBytes)
+                m.copyRow(sourceRow(rows.lowerBound + i, heads: heads, rows: m.rows), into: row.baseAddress!)
+                guard allFinite(UnsafeBufferPointer(row)) else { refused[part] = i; return }
+                Quantizer.quantize(type, row.baseAddress!, count: m.cols, into: out + i * rowBytes)
+                Matrix(dtype: type, rows: 1, cols: m.cols, base: out + i * rowBytes).copyRow(0, into: row.baseAddress!)
+                guard allFinite(UnsafeBufferPointer(row)) else { refused[part] = i; return }
             }
         }
+        guard let i = refused.min(), i < n else { return }
+        let source = sourceRow(rows.lowerBound + i, heads: heads, rows: m.rows)  // the row as the user's file numbers it
+        var row = [Float](repeating: 0, count: m.cols)
+        row.withUnsafeMutableBufferPointer { m.copyRow(source, into: $0.baseAddress!) }
+        let finite = row.allSatisfy(\.isFinite)
+        throw ModelLoadError.unquantizableRow(
+            file: file, tensor: tensor, row: source, type: type.rawValue,
+            reason: finite ? "its largest weight, \(row.map(abs).max() ?? 0), is past what the type's binary16 scales hold"
+                           : "it holds NaN or infinite weights")
     }
 
     /// The row of a Hugging Face q/k projection that holds output row `r` in the interleaved

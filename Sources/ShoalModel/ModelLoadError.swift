@@ -18,6 +18,8 @@ public enum ModelLoadError: Error, CustomStringConvertible, Equatable {
     case unsupportedDType(name: String, dtype: String)
     /// No `tokenizer.model` / `tokenizer.model.v1` beside the weights.
     case missingTokenizer(folder: String)
+    /// A row of a tensor that `shoal quantize` or `--quantize` cannot store as `type`.
+    case unquantizableRow(file: String, tensor: String, row: Int, type: String, reason: String)
 
     public var description: String {
         switch self {
@@ -33,6 +35,8 @@ public enum ModelLoadError: Error, CustomStringConvertible, Equatable {
         case let .shapeMismatch(name, expected, actual):
             return "tensor \(name) has shape \(actual), expected \(expected) from the config"
         case let .unsupportedDType(name, dtype): return "tensor \(name) has dtype \(dtype); weights must be F32, BF16 or F16"
+        case let .unquantizableRow(file, tensor, row, type, reason):
+            return "\(file): row \(row) of \(tensor) cannot be quantized to \(type): \(reason)"
         case let .missingTokenizer(folder):
             let tekken = FileManager.default.fileExists(atPath: (folder as NSString).appendingPathComponent("tekken.json"))
             return "no tokenizer.model, tokenizer.model.v1 or tokenizer.model.v3 in \(folder)"

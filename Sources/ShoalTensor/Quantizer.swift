@@ -41,14 +41,14 @@ public enum Quantizer {
         for j in 0..<32 { amax = max(amax, abs(x[j])) }
         let d = amax / 127, id = d != 0 ? 1 / d : 0
         y.storeBytes(of: Float16(d).bitPattern, as: UInt16.self)
-        for j in 0..<32 { y.storeBytes(of: Int8((x[j] * id).rounded()), toByteOffset: 2 + j, as: Int8.self) }
+        for j in 0..<32 { y.storeBytes(of: Int8(clamping: integer(x[j] * id, .toNearestOrAwayFromZero)), toByteOffset: 2 + j, as: Int8.self) }
     }
 
     static func q4_0(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
         let (_, signedMax) = largestMagnitude(x, count: 32)
         let d = signedMax / -8, id = d != 0 ? 1 / d : 0
         y.storeBytes(of: Float16(d).bitPattern, as: UInt16.self)
-        func level(_ v: Float) -> UInt8 { UInt8(min(15, Int8(clamping: Int((v * id + 8.5).rounded(.towardZero))))) }
+        func level(_ v: Float) -> UInt8 { UInt8(max(0, min(15, integer(v * id + 8.5, .towardZero)))) }
         for j in 0..<16 { y.storeBytes(of: level(x[j]) | level(x[16 + j]) << 4, toByteOffset: 2 + j, as: UInt8.self) }
     }
 
@@ -56,7 +56,7 @@ public enum Quantizer {
     static func q4_1(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
         let (d, m) = minAndStep(x, levels: 15, into: y)
         let id = d != 0 ? 1 / d : 0
-        func level(_ v: Float) -> UInt8 { UInt8(min(15, Int8(clamping: Int(((v - m) * id + 0.5).rounded(.towardZero))))) }
+        func level(_ v: Float) -> UInt8 { UInt8(max(0, min(15, integer((v - m) * id + 0.5, .towardZero)))) }
         for j in 0..<16 { y.storeBytes(of: level(x[j]) | level(x[16 + j]) << 4, toByteOffset: 4 + j, as: UInt8.self) }
     }
 
@@ -65,14 +65,14 @@ public enum Quantizer {
         let (_, signedMax) = largestMagnitude(x, count: 32)
         let d = signedMax / -16, id = d != 0 ? 1 / d : 0
         y.storeBytes(of: Float16(d).bitPattern, as: UInt16.self)
-        storeFiveBits({ UInt8(min(31, Int8(clamping: Int((x[$0] * id + 16.5).rounded(.towardZero))))) }, at: y + 2)
+        storeFiveBits({ UInt8(max(0, min(31, integer(x[$0] * id + 16.5, .towardZero)))) }, at: y + 2)
     }
 
     /// `quantize_row_q5_1_ref`: Q4_1's scheme with 32 levels.
     static func q5_1(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
         let (d, m) = minAndStep(x, levels: 31, into: y)
         let id = d != 0 ? 1 / d : 0
-        storeFiveBits({ UInt8(clamping: Int(((x[$0] - m) * id + 0.5).rounded(.towardZero))) }, at: y + 4)
+        storeFiveBits({ UInt8(max(0, min(31, integer((x[$0] - m) * id + 0.5, .towardZero)))) }, at: y + 4)
     }
 
     /// A 32-weight block's minimum and step for `levels` steps up to its maximum, stored as
@@ -124,7 +124,9 @@ public enum Quantizer {
         let packed = (scratch + 1024).assumingMemoryBound(to: UInt8.self)  // the 12 bytes of scales and mins
         packed.initialize(repeating: 0, count: 12)
         for j in 0..<8 {
-            let ls = UInt8(min(63, nearest(invScale * scales[j]))), lm = UInt8(min(63, nearest(invMin * mins[j])))
+            // as C's `uint8_t ls = nearest_int(…); ls = MIN(63, ls)`: a negative level wraps
+            let ls = min(63, UInt8(truncatingIfNeeded: nearest(invScale * scales[j])))
+            let lm = min(63, UInt8(truncatingIfNeeded: nearest(invMin * mins[j])))
             if j < 4 {
                 packed[j] = ls
                 packed[j + 4] = lm
@@ -302,7 +304,17 @@ public enum Quantizer {
 
     /// ggml's `nearest_int`: round half to even.
     @inline(__always)
-    static func nearest(_ v: Float) -> Int { Int(v.rounded(.toNearestOrEven)) }
+    static func nearest(_ v: Float) -> Int { integer(v, .toNearestOrEven) }
+
+    /// `v` rounded by `rule` to an integer, for every float: ggml's C conversions give the same
+    /// for |v| < 2^22 (every level of a block whose scale a float holds); past that, and for
+    /// NaN, where C's are undefined, it clamps, NaN giving 0. A block of subnormal weights has
+    /// a scale whose inverse is infinite, so its levels are ±inf or NaN (0·inf); its binary16
+    /// scale is 0, so whatever level is stored dequantizes to 0, as llama.cpp's does.
+    @inline(__always)
+    static func integer(_ v: Float, _ rule: FloatingPointRoundingRule) -> Int {
+        v.isNaN ? 0 : Int(min(max(v, -0x1p22), 0x1p22).rounded(rule))
+    }
 
     /// `make_qkx2_quants`: levels 0...nmax for `n` weights with a scale and a (non-positive)
     /// offset minimising the weighted squared error (or, `absolute`, the weighted absolute

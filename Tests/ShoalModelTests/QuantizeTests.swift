@@ -152,6 +152,38 @@ import ShoalTensor
         }
     }
 
+    /// A source row that cannot be stored is refused, naming the file, the tensor and the row
+    /// as the source numbers it (wq's rows are moved to the interleaved order on the way), by
+    /// `shoal quantize` and by `--quantize` at load: a NaN, and a weight past what the blocks'
+    /// binary16 scales hold (2^100: its Q8_0 scale would be 1e28, binary16's largest 65504).
+    @Test(arguments: [(TensorName.wq(0), 1, Float.nan, "it holds NaN or infinite weights"),
+                      (.expert(1, 3, "w1"), 5, 0x1p100, "its largest weight, 1.2676506e+30, is past what the type's binary16 scales hold")])
+    func rowsThatCannotBeStoredAreRefused(tensor: TensorName, row: Int, value: Float, reason: String) throws {
+        let folder = NSTemporaryDirectory() + "shoal-unquantizable-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try FileManager.default.copyItem(atPath: try Self.source.get(), toPath: folder)
+        for entry in try FileManager.default.contentsOfDirectory(atPath: folder) where entry.hasSuffix(".gguf") {
+            try FileManager.default.removeItem(atPath: folder + "/" + entry)
+        }
+        let name = CheckpointLayout.huggingFace.name(tensor)
+        let path = folder + "/model.safetensors"
+        let info = try #require(try SafetensorsFile(path: path).tensors[name])
+        #expect(info.type == .bf16)
+        let file = try #require(FileHandle(forUpdatingAtPath: path))
+        let headerBytes = try #require(try file.read(upToCount: 8)).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+        try file.seek(toOffset: 8 + headerBytes + UInt64(info.range.lowerBound + (row * info.shape[1] + 7) * 2))
+        try file.write(contentsOf: withUnsafeBytes(of: UInt16(value.bitPattern >> 16)) { Data($0) })
+        try file.close()
+
+        let out = folder + "/out.gguf"
+        #expect(throws: ModelLoadError.unquantizableRow(file: folder, tensor: name, row: row, type: "Q4_K", reason: reason)) {
+            try GGUFExport.write(try Checkpoint(folder: folder), mix: .q4_K_M, to: out, pool: ComputePool(threads: 2))
+        }
+        #expect(throws: ModelLoadError.unquantizableRow(file: folder, tensor: name, row: row, type: "Q8_0", reason: reason)) {
+            try Engine(folder: folder, threads: 2, quantize: .q8_0)
+        }
+    }
+
     func logits(_ engine: Engine, _ ids: [Int]) throws -> [Float] {
         let cache = KVCache(config: engine.model.config, capacity: ids.count)
         return Array(try engine.model.forward(ids, cache: cache, allLogits: true))
