@@ -380,6 +380,53 @@ INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, int T, const 
 #endif
 
 #if SHOAL_VW == 16 && defined(__x86_64__)
+// Chunk c (weights 64c ..< 64c + 64) of a Q5_K block as 4 vectors, AVX-512, with tables as
+// Q4_K's: sub-block s's 32 possible weights d·scale·q − dmin·min (q = 0...31) are two tables,
+// q < 16 and q >= 16, each one FMA (the product is exact, so one rounding: block_vec's bits),
+// and vpermt2ps picks from them by 5 index bits: the nibble in bits 0-3 and the fifth bit, bit
+// s of qh[l], shifted from `qh` (row's qh bytes 0-15 and 16-31 widened to 32 bits) to bit 4.
+// Bits above 4, the other nibble's and qh's, are ignored by the permute.
+INLINE void q5K_chunk_avx512(const uint8_t *b, const block_head *h, const __m512i *qh, int c, vf *out) {
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 iota16 = _mm512_add_ps(iota, _mm512_set1_ps(16));
+    const __m512i nibble = _mm512_set1_epi32(15);
+    const uint8_t *q = b + 48 + 32 * c;
+    const __m512i bytes[2] = {_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q)),
+                              _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)))};
+    UNROLL for (int half = 0; half < 2; half++) {  // sub-block 2c: low nibbles; 2c + 1: high
+        const int s = 2 * c + half;
+        const __m512 d = _mm512_set1_ps(h->a[s]), m = _mm512_set1_ps(h->a[8 + s]);
+        const __m512 low = _mm512_fmsub_ps(iota, d, m), high = _mm512_fmsub_ps(iota16, d, m);
+        UNROLL for (int j = 0; j < 2; j++) {
+            const __m512i n = half ? _mm512_srli_epi32(bytes[j], 4) : bytes[j];
+            const __m512i fifth = s <= 4 ? _mm512_slli_epi32(qh[j], 4 - s) : _mm512_srli_epi32(qh[j], s - 4);
+            const __m512i index = _mm512_or_si512(_mm512_and_si512(n, nibble), _mm512_andnot_si512(nibble, fifth));
+            out[2 * half + j] = (vf)_mm512_permutex2var_ps(low, index, high);
+        }
+    }
+}
+
+// One Q5_K block of S rows (`step` bytes apart) times T tokens into their accumulators, as
+// q4K_block_avx512 does Q4_K; each row's qh is widened once per block.
+INLINE void q5K_block_avx512(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
+                             size_t ldx, vf *acc) {
+    UNROLL for (int c = 0; c < 4; c++) {
+        vf xs[4] = {load_f32(x + 64 * c), load_f32(x + 64 * c + 16), load_f32(x + 64 * c + 32),
+                    load_f32(x + 64 * c + 48)};
+        UNROLL for (int i = 0; i < S; i++) {
+            vf wv[4];
+            const __m512i qh[2] = {_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 16))),
+                                   _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 32)))};
+            q5K_chunk_avx512(w + i * step, &head[i], qh, c, wv);
+            UNROLL for (int j = 0; j < 4; j++) acc[i * T] += wv[j] * xs[j];
+            UNROLL for (int t = 1; t < T; t++)
+                UNROLL for (int j = 0; j < 4; j++) acc[i * T + t] += wv[j] * load_f32(x + t * ldx + 64 * c + 16 * j);
+        }
+    }
+}
+#endif
+
+#if SHOAL_VW == 16 && defined(__x86_64__)
 // Q2_K or Q3_K (wt) blocks of S rows (`step` bytes apart) times T tokens (x + t·ldx) into their
 // accumulators (acc[i·T + t]), AVX-512, as q4K_block_avx512 does Q4_K: each 16-weight
 // sub-block's possible weights are computed once as a table and the weights' bits pick from it
@@ -491,13 +538,16 @@ INLINE void dequantize_span(const uint8_t *row, int wt, size_t k0, size_t kc, fl
         const uint8_t *b = row + k / qk * bb;
         block_head h;
         decode_head(wt, b, &h);
-        if (wt == SHOAL_W_Q4_K) keep_in_memory(&h);
+        if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q5_K) keep_in_memory(&h);
         float *o = out + (k - k0);
 #if SHOAL_VW == 16 && defined(__x86_64__)
-        if (wt == SHOAL_W_Q4_K) {
+        if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q5_K) {
+            const __m512i qh[2] = {_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16))),
+                                   _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 32)))};
             UNROLL for (int c = 0; c < 4; c++) {
                 vf wv[4];
-                q4K_chunk_avx512(b, &h, c, wv);
+                if (wt == SHOAL_W_Q4_K) q4K_chunk_avx512(b, &h, c, wv);
+                else q5K_chunk_avx512(b, &h, qh, c, wv);
                 UNROLL for (int j = 0; j < 4; j++) store_f32(o + 64 * c + 16 * j, wv[j]);
             }
             continue;

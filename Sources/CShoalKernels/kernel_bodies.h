@@ -65,8 +65,9 @@ INLINE int gemv_streams(int wt) { return SHOAL_VW == 16 && wt == SHOAL_W_Q4_K ? 
 // ratio of GB/s): 1.18x and 1.29x in two sittings of 8-10 rounds (2048 bytes: 1.16x). Q4_K (8
 // runs, ~1.8 blocks ahead) gained nothing in the same kernel measure (512 and 1024 bytes, 10
 // rounds: 1.04x, 1.02x), nor Q8_0 in decode (shoal bench, 8 interleaved rounds), which already
-// reads ~95% of the bandwidth.
-INLINE size_t gemv_blocks_prefetch(int wt) { return wt == SHOAL_W_Q6_K ? 1024 : GEMV_PREFETCH; }
+// reads ~95% of the bandwidth. Q5_K (4 runs of 176-byte blocks, its tables as Q4_K's) gains
+// as Q6_K did: 3584x1024, 2 threads, 3 interleaved rounds, µs per product 97-105 -> 75-92.
+INLINE size_t gemv_blocks_prefetch(int wt) { return wt == SHOAL_W_Q6_K || wt == SHOAL_W_Q5_K ? 1024 : GEMV_PREFETCH; }
 // GEMM blocking: an MC x KC block of W (256 KB bf16, 512 KB f32) stays in L2 while every tile
 // of SHOAL_TT tokens passes over it, each tile's x slice (SHOAL_TT x KC f32, 48 KB with
 // AVX-512) reused by all MC rows. bf16 is widened in registers as the tile loads it: measured
@@ -227,7 +228,8 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
             else
 #endif
                 UNROLL for (int i = 0; i < S; i++) decode_head(wt, w + i * step + offset, &head[i]);
-            if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q6_K || wt == SHOAL_W_Q2_K || wt == SHOAL_W_Q3_K) keep_in_memory(head);
+            if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q5_K || wt == SHOAL_W_Q6_K || wt == SHOAL_W_Q2_K || wt == SHOAL_W_Q3_K)
+                keep_in_memory(head);
             if (wt == SHOAL_W_Q6_K) {
 #if SHOAL_VW == 16 && defined(__x86_64__)
                 q6K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
@@ -239,6 +241,10 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
 #if SHOAL_VW == 16 && defined(__x86_64__)
             if (wt == SHOAL_W_Q4_K) {
                 q4K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
+                continue;
+            }
+            if (wt == SHOAL_W_Q5_K) {
+                q5K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
                 continue;
             }
             if (wt == SHOAL_W_Q2_K || wt == SHOAL_W_Q3_K) {
