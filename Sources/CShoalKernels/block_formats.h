@@ -254,7 +254,7 @@ INLINE void q6K_block(const uint8_t *w, size_t step, int S, int T, const block_h
 // work runs on 64 bytes at a time and the widening reads memory, not extracted lanes. Measured
 // (the scratch harness, 1024x1024 Q6_K from L2, one thread, best of 3000 products in each of 4
 // interleaved runs): 20.5-23.6 -> 24.8-25.5 GB/s. All S rows' values are put together first,
-// then each 16 columns of x is loaded once for all of them (as q4K_block_avx512 does): one load
+// then each 16 columns of x is loaded once for all of them (as q45K_block_avx512 does): one load
 // fewer per row and 16 weights, the same products in the same order (shoal bench-kernels --type
 // q6_k --rows 1024 --cols 1024 --threads 1 --matrices 1, from L2, 3 interleaved runs: 1 token
 // 23.3-24.3 -> 25.0-25.8 GB/s).
@@ -361,25 +361,6 @@ INLINE void q4K_heads_x4(const uint8_t *w, size_t step, block_head *head) {
     }
 }
 
-// One Q4_K block of S rows (`step` bytes apart) times T tokens (x + t·ldx) into their
-// accumulators (acc[i·T + t]); the first token's x is loaded once for all rows.
-INLINE void q4K_block_avx512(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
-                             size_t ldx, vf *acc) {
-    UNROLL for (int c = 0; c < 4; c++) {
-        vf xs[4] = {load_f32(x + 64 * c), load_f32(x + 64 * c + 16), load_f32(x + 64 * c + 32),
-                    load_f32(x + 64 * c + 48)};
-        UNROLL for (int i = 0; i < S; i++) {
-            vf wv[4];
-            q4K_chunk_avx512(w + i * step, &head[i], c, wv);
-            UNROLL for (int j = 0; j < 4; j++) acc[i * T] += wv[j] * xs[j];
-            UNROLL for (int t = 1; t < T; t++)
-                UNROLL for (int j = 0; j < 4; j++) acc[i * T + t] += wv[j] * load_f32(x + t * ldx + 64 * c + 16 * j);
-        }
-    }
-}
-#endif
-
-#if SHOAL_VW == 16 && defined(__x86_64__)
 // Chunk c (weights 64c ..< 64c + 64) of a Q5_K block as 4 vectors, AVX-512, with tables as
 // Q4_K's: sub-block s's 32 possible weights d·scale·q − dmin·min (q = 0...31) are two tables,
 // q < 16 and q >= 16, each one FMA (the product is exact, so one rounding: block_vec's bits),
@@ -406,18 +387,25 @@ INLINE void q5K_chunk_avx512(const uint8_t *b, const block_head *h, const __m512
     }
 }
 
-// One Q5_K block of S rows (`step` bytes apart) times T tokens into their accumulators, as
-// q4K_block_avx512 does Q4_K; each row's qh is widened once per block.
-INLINE void q5K_block_avx512(const uint8_t *w, size_t step, int S, int T, const block_head *head, const float *x,
-                             size_t ldx, vf *acc) {
+// One Q4_K or Q5_K (wt) block of S rows (`step` bytes apart) times T tokens (x + t·ldx) into
+// their accumulators (acc[i·T + t]), 64 weights of each row at a time. Q5_K's qh is widened for
+// each chunk: held for the whole block (2 registers a row, 8 for 4 rows) it spilled at 4 tokens
+// (bench-kernels --type q5_k --tokens 4: 155-168 µs against 145-148).
+INLINE void q45K_block_avx512(int wt, const uint8_t *w, size_t step, int S, int T, const block_head *head,
+                              const float *x, size_t ldx, vf *acc) {
     UNROLL for (int c = 0; c < 4; c++) {
-        vf xs[4] = {load_f32(x + 64 * c), load_f32(x + 64 * c + 16), load_f32(x + 64 * c + 32),
-                    load_f32(x + 64 * c + 48)};
+        const vf xs[4] = {load_f32(x + 64 * c), load_f32(x + 64 * c + 16), load_f32(x + 64 * c + 32),
+                          load_f32(x + 64 * c + 48)};
         UNROLL for (int i = 0; i < S; i++) {
+            const uint8_t *b = w + i * step;
             vf wv[4];
-            const __m512i qh[2] = {_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 16))),
-                                   _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + i * step + 32)))};
-            q5K_chunk_avx512(w + i * step, &head[i], qh, c, wv);
+            if (wt == SHOAL_W_Q4_K) {
+                q4K_chunk_avx512(b, &head[i], c, wv);
+            } else {
+                const __m512i qh[2] = {_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16))),
+                                       _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 32)))};
+                q5K_chunk_avx512(b, &head[i], qh, c, wv);
+            }
             UNROLL for (int j = 0; j < 4; j++) acc[i * T] += wv[j] * xs[j];
             UNROLL for (int t = 1; t < T; t++)
                 UNROLL for (int j = 0; j < 4; j++) acc[i * T + t] += wv[j] * load_f32(x + t * ldx + 64 * c + 16 * j);
@@ -428,7 +416,7 @@ INLINE void q5K_block_avx512(const uint8_t *w, size_t step, int S, int T, const 
 
 #if SHOAL_VW == 16 && defined(__x86_64__)
 // Q2_K or Q3_K (wt) blocks of S rows (`step` bytes apart) times T tokens (x + t·ldx) into their
-// accumulators (acc[i·T + t]), AVX-512, as q4K_block_avx512 does Q4_K: each 16-weight
+// accumulators (acc[i·T + t]), AVX-512, as q45K_block_avx512 does Q4_K: each 16-weight
 // sub-block's possible weights are computed once as a table and the weights' bits pick from it
 // (vpermps reads the low 4 bits of each index). Q2_K's table holds d·scale·q − dmin·min for
 // q = i & 3 (one FMA: the product is exact, so one rounding, block_vec's bits); a weight's 2

@@ -239,12 +239,8 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
                 continue;
             }
 #if SHOAL_VW == 16 && defined(__x86_64__)
-            if (wt == SHOAL_W_Q4_K) {
-                q4K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
-                continue;
-            }
-            if (wt == SHOAL_W_Q5_K) {
-                q5K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
+            if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q5_K) {
+                q45K_block_avx512(wt, w + offset, step, S, T, head, x + k, ldx, acc);
                 continue;
             }
             if (wt == SHOAL_W_Q2_K || wt == SHOAL_W_Q3_K) {
