@@ -389,8 +389,9 @@ INLINE void q5K_chunk_avx512(const uint8_t *b, const block_head *h, const __m512
 
 // One Q4_K or Q5_K (wt) block of S rows (`step` bytes apart) times T tokens (x + t·ldx) into
 // their accumulators (acc[i·T + t]), 64 weights of each row at a time. Q5_K's qh is widened for
-// each chunk: held for the whole block (2 registers a row, 8 for 4 rows) it spilled at 4 tokens
-// (bench-kernels --type q5_k --tokens 4: 155-168 µs against 145-148).
+// each chunk, which is as fast at 1 token as holding it for the whole block (2 registers a row,
+// 8 for 4 rows) and measured faster at 4 (bench-kernels --type q5_k --tokens 4, 3 rounds:
+// 145-148 µs against 155-168, a gap near this host's noise).
 INLINE void q45K_block_avx512(int wt, const uint8_t *w, size_t step, int S, int T, const block_head *head,
                               const float *x, size_t ldx, vf *acc) {
     UNROLL for (int c = 0; c < 4; c++) {
