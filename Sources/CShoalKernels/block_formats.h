@@ -365,10 +365,12 @@ INLINE void q4K_heads_x4(const uint8_t *w, size_t step, block_head *head) {
 // Q4_K's: sub-block s's 32 possible weights d·scale·q − dmin·min (q = 0...31) are two tables,
 // q < 16 and q >= 16, each one FMA (the product is exact, so one rounding: block_vec's bits),
 // and vpermt2ps picks from them by 5 index bits: the nibble in bits 0-3 and the fifth bit, bit
-// s of qh[l], shifted from `qh` (row's qh bytes 0-15 and 16-31 widened to 32 bits) to bit 4.
-// Bits above 4, the other nibble's and qh's, are ignored by the permute.
-INLINE void q5K_chunk_avx512(const uint8_t *b, const block_head *h, const __m512i *qh, int c, vf *out) {
+// s of qh[l], shifted from the block's qh bytes 0-15 and 16-31 (widened to 32 bits for each
+// chunk) to bit 4. Bits above 4, the other nibble's and qh's, are ignored by the permute.
+INLINE void q5K_chunk_avx512(const uint8_t *b, const block_head *h, int c, vf *out) {
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i qh[2] = {_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16))),
+                           _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 32)))};
     const __m512 iota16 = _mm512_add_ps(iota, _mm512_set1_ps(16));
     const __m512i nibble = _mm512_set1_epi32(15);
     const uint8_t *q = b + 48 + 32 * c;
@@ -398,15 +400,9 @@ INLINE void q45K_block_avx512(int wt, const uint8_t *w, size_t step, int S, int 
         const vf xs[4] = {load_f32(x + 64 * c), load_f32(x + 64 * c + 16), load_f32(x + 64 * c + 32),
                           load_f32(x + 64 * c + 48)};
         UNROLL for (int i = 0; i < S; i++) {
-            const uint8_t *b = w + i * step;
             vf wv[4];
-            if (wt == SHOAL_W_Q4_K) {
-                q4K_chunk_avx512(b, &head[i], c, wv);
-            } else {
-                const __m512i qh[2] = {_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16))),
-                                       _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 32)))};
-                q5K_chunk_avx512(b, &head[i], qh, c, wv);
-            }
+            if (wt == SHOAL_W_Q4_K) q4K_chunk_avx512(w + i * step, &head[i], c, wv);
+            else q5K_chunk_avx512(w + i * step, &head[i], c, wv);
             UNROLL for (int j = 0; j < 4; j++) acc[i * T] += wv[j] * xs[j];
             UNROLL for (int t = 1; t < T; t++)
                 UNROLL for (int j = 0; j < 4; j++) acc[i * T + t] += wv[j] * load_f32(x + t * ldx + 64 * c + 16 * j);
@@ -531,12 +527,10 @@ INLINE void dequantize_span(const uint8_t *row, int wt, size_t k0, size_t kc, fl
         float *o = out + (k - k0);
 #if SHOAL_VW == 16 && defined(__x86_64__)
         if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q5_K) {
-            const __m512i qh[2] = {_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16))),
-                                   _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 32)))};
             UNROLL for (int c = 0; c < 4; c++) {
                 vf wv[4];
                 if (wt == SHOAL_W_Q4_K) q4K_chunk_avx512(b, &h, c, wv);
-                else q5K_chunk_avx512(b, &h, qh, c, wv);
+                else q5K_chunk_avx512(b, &h, c, wv);
                 UNROLL for (int j = 0; j < 4; j++) store_f32(o + 64 * c + 16 * j, wv[j]);
             }
             continue;

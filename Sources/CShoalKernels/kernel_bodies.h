@@ -228,8 +228,7 @@ INLINE void gemv_rows_blocks(const void *W, int wt, size_t cols, const float *x,
             else
 #endif
                 UNROLL for (int i = 0; i < S; i++) decode_head(wt, w + i * step + offset, &head[i]);
-            if (wt == SHOAL_W_Q4_K || wt == SHOAL_W_Q5_K || wt == SHOAL_W_Q6_K || wt == SHOAL_W_Q2_K || wt == SHOAL_W_Q3_K)
-                keep_in_memory(head);
+            if (qk == 256) keep_in_memory(head);  // the K-quants' multipliers, read as broadcast operands
             if (wt == SHOAL_W_Q6_K) {
 #if SHOAL_VW == 16 && defined(__x86_64__)
                 q6K_block_avx512(w + offset, step, S, T, head, x + k, ldx, acc);
